@@ -1,0 +1,1 @@
+"""svmval: guest_image."""

@@ -1,0 +1,1 @@
+"""svmval: host_setup."""
