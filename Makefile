@@ -1,0 +1,32 @@
+# svmval: every target bootstraps what it needs (Debian packages, the venv).
+# Run as root, or as a user with sudo.
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+ARTIFACTS ?= artifacts
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap smoke test bench lint clean
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+## The main job on the local lab: build/reuse the guest image, boot it under the
+## emulated VT-d, run the workload catalog, check QI/PRQ/translations, report.
+smoke: bootstrap
+	$(VENV)/bin/svmval run --host local --artifacts $(ARTIFACTS)
+
+## The suite's own tests plus the end-to-end tests on the local lab.
+test: bootstrap
+	$(PY) -m pytest --host local --artifacts $(ARTIFACTS) -p no:cacheprovider $(PYTEST_ARGS)
+
+## Speed and memory targets: model throughput, trace checking, SVM bandwidth.
+bench: bootstrap
+	$(PY) -m pytest benchmarks -p no:cacheprovider --benchmark-only -q -s
+
+lint: bootstrap
+	$(VENV)/bin/ruff check workloads harness guest_image host_setup reports tests benchmarks
+	$(VENV)/bin/mypy workloads harness guest_image host_setup reports
+
+clean:
+	rm -rf $(ARTIFACTS) .pytest_cache .mypy_cache .ruff_cache
