@@ -22,7 +22,7 @@ need_qemu_backports() {
 apt_pkgs=(
     pocl-opencl-icd ocl-icd-libopencl1 ocl-icd-opencl-dev clinfo binutils
     openssh-server openssh-client busybox-static cpio e2fsprogs xz-utils zstd
-    debootstrap iproute2 python3-venv dpkg-dev
+    debootstrap iproute2 python3-venv dpkg-dev chromium fonts-dejavu-core
 )
 missing=()
 for p in "${apt_pkgs[@]}"; do
