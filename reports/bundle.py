@@ -4,6 +4,8 @@ Layout of a bundle directory:
 
     manifest.json    this module's Manifest (schema "svmval.bundle/1")
     workloads.json   the workloads' own results (schema "svmval.workloads/1")
+    workloads-host.json  optional: the same workloads run on the host (role "workloads-host"),
+                     for guest-vs-host bandwidth
     checks.json      CheckResult list (schema "svmval.checks/1")
     preflight.json   the host's preflight verdicts
     trace.log        QEMU's vtd_* trace (line numbers in findings refer to it)
@@ -28,15 +30,21 @@ from harness.errors import ConfigError
 BUNDLE_SCHEMA = "svmval.bundle/1"
 CHECKS_SCHEMA = "svmval.checks/1"
 
+# Optional series a check may put into CheckResult.data for the report's plots. A key
+# that is absent means "not measured": the report says so instead of drawing a chart.
+DATA_INV_TO_USE = "inv_to_use"  # list[float]: invalidation -> next use of that address
+DATA_INV_TO_USE_UNIT = "inv_to_use_unit"  # str: unit of the above ("trace lines", "us")
+DATA_PRQ_LATENCY_US = "prq_latency_us"  # list[float]: page request -> response, microseconds
 
-class Verdict(str, Enum):
+
+class Verdict(str, Enum):  # noqa: UP042 - like harness/inventory.py; str() stays "Verdict.PASS"
     PASS = "pass"
     FAIL = "fail"
     SKIP = "skip"
     ERROR = "error"  # the check could not run: environment, not the system under test
 
 
-class Traffic(str, Enum):
+class Traffic(str, Enum):  # noqa: UP042 - as Verdict
     """Whether a check judged traffic the system really produced or traffic the
     model generated (e.g. page requests on a QEMU without PRQ emulation)."""
 
@@ -61,6 +69,9 @@ class CheckResult:
     counts: dict[str, int] = field(default_factory=dict)
     findings: tuple[Finding, ...] = ()
     duration_s: float = 0.0
+    # Optional JSON-able series for plots (keys: the DATA_* names above). Not counts:
+    # counts are totals; data holds distributions too large to read as a table.
+    data: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -86,6 +97,7 @@ class CheckResult:
                 for f in d.get("findings", ())
             ),
             duration_s=float(d.get("duration_s", 0.0)),
+            data=dict(d.get("data", {})),
         )
 
 
@@ -136,6 +148,24 @@ def mask_secrets(text: str) -> str:
     return _SECRET_PATTERNS[1].sub(lambda m: f"{m.group(1)}{m.group(2)}[masked]", text)
 
 
+# A key block with no END line (a console cut off mid-key) still must not leak.
+_UNTERMINATED_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*\Z", re.S)
+
+
+def mask_secrets_keep_lines(text: str) -> str:
+    """mask_secrets, but a masked key keeps its line count, so findings' line numbers
+    into the file still point at the same lines after masking. Also masks a key
+    block that never ends."""
+
+    def blank(m: re.Match[str]) -> str:
+        # One marker per line: a reader of an excerpt sees why the lines are empty.
+        return "\n".join(["[private key masked]"] * (m.group(0).count("\n") + 1))
+
+    text = _SECRET_PATTERNS[0].sub(blank, text)
+    text = _UNTERMINATED_KEY.sub(blank, text)
+    return _SECRET_PATTERNS[1].sub(lambda m: f"{m.group(1)}{m.group(2)}[masked]", text)
+
+
 class Bundle:
     """A bundle directory being written or read."""
 
@@ -154,11 +184,15 @@ class Bundle:
     def open(cls, path: Path) -> Bundle:
         mf = path / "manifest.json"
         if not mf.exists():
-            raise ConfigError(f"{path} is not a result bundle (no manifest.json); pass a run directory")
+            raise ConfigError(
+                f"{path} is not a result bundle (no manifest.json); pass a run directory"
+            )
         return cls(path, Manifest.from_json(json.loads(mf.read_text()), mf))
 
     def save(self) -> None:
-        (self.path / "manifest.json").write_text(json.dumps(self.manifest.to_json(), indent=2) + "\n")
+        (self.path / "manifest.json").write_text(
+            json.dumps(self.manifest.to_json(), indent=2) + "\n"
+        )
 
     def add_text(self, role: str, name: str, text: str) -> Path:
         target = self.path / name
@@ -170,7 +204,9 @@ class Bundle:
     def add_json(self, role: str, name: str, data: Any) -> Path:
         return self.add_text(role, name, json.dumps(data, indent=2) + "\n")
 
-    def add_file(self, role: str, source: Path, name: str | None = None, *, mask: bool = True) -> Path:
+    def add_file(
+        self, role: str, source: Path, name: str | None = None, *, mask: bool = True
+    ) -> Path:
         """Copy a file in; text is masked on the way unless the caller knows it holds
         no secrets (a QEMU trace: large, and only numbers)."""
         name = name or source.name
@@ -198,7 +234,9 @@ class Bundle:
 
     def write_checks(self, checks: list[CheckResult]) -> Path:
         return self.add_json(
-            "checks", "checks.json", {"schema": CHECKS_SCHEMA, "checks": [c.to_json() for c in checks]}
+            "checks",
+            "checks.json",
+            {"schema": CHECKS_SCHEMA, "checks": [c.to_json() for c in checks]},
         )
 
     def workloads(self) -> dict[str, Any] | None:

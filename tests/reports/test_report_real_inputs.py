@@ -1,0 +1,75 @@
+"""Reports from inputs other areas produce for real: the workloads runner's own JSON
+and the trace fixtures under tests/fixtures/traces/. Each skips, naming what is
+missing, until that area has landed; then it runs with no change here."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import lzma
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from report_bundles import BundleFactory
+
+from reports.html import render_html
+from reports.junit import build_junit
+from reports.tracedata import read_qi
+from reports.view import load_run
+
+REPO = Path(__file__).resolve().parents[2]
+TRACES = REPO / "tests" / "fixtures" / "traces"
+
+
+def _trace_fixtures() -> list[Path]:
+    if not TRACES.is_dir():
+        return []
+    return sorted(p for p in TRACES.iterdir() if p.name.endswith((".log", ".log.gz", ".log.xz")))
+
+
+def _read(p: Path) -> str:
+    raw = p.read_bytes()
+    if p.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    elif p.suffix == ".xz":
+        raw = lzma.decompress(raw)
+    return raw.decode(errors="replace")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("workloads.__main__") is None,
+                    reason="the workloads runner (python3 -m workloads) is not in the tree yet")
+def test_report_from_a_real_workloads_run(make_bundle: BundleFactory, tmp_path: Path) -> None:
+    out = tmp_path / "workloads.json"
+    proc = subprocess.run([sys.executable, "-m", "workloads", "run", "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert out.exists(), f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    doc = json.loads(out.read_text())
+    bundle = make_bundle(workloads=doc, host_run=False)
+    run = load_run(bundle)
+    assert [w.name for w in run.workloads] == [r["name"] for r in doc["results"]]
+    root = build_junit(run).getroot()
+    assert root is not None
+    suite = root.find("testsuite")
+    assert suite is not None
+    cases = [c for c in suite.iter("testcase") if c.get("classname") == "workloads"]
+    assert len(cases) == len(doc["results"])
+    assert sum(c.find("failure") is not None for c in cases) == sum(
+        r["verdict"] == "fail" for r in doc["results"])
+    html = render_html(run)
+    for r in doc["results"]:
+        assert f"<code>{r['name']}</code>" in html
+
+
+@pytest.mark.skipif(not _trace_fixtures(), reason=f"no trace fixtures under {TRACES} yet")
+@pytest.mark.parametrize("fixture", _trace_fixtures(), ids=lambda p: p.name)
+def test_qi_plot_from_the_shared_trace_fixtures(fixture: Path, tmp_path: Path) -> None:
+    text = _read(fixture)
+    (tmp_path / "trace.log").write_text(text)
+    qi = read_qi(tmp_path / "trace.log")
+    # Independent of the regex: QEMU 10's fixed wording, with or without timestamps.
+    expected = sum(ln.startswith("vtd_inv_desc invalidate desc type ")
+                   or ":vtd_inv_desc invalidate desc type " in ln for ln in text.split("\n"))
+    assert len(qi.descriptors) == expected > 0
