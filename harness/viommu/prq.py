@@ -1,0 +1,249 @@
+"""Page request queue (VTD_FACTS §1.10, §7) and page group responses.
+
+Hardware writes 32-byte page request descriptors at PQA+PQT, advances PQT,
+sets PRS.PPR and raises a page-request event when PPR goes 0->1. A full queue
+((PQT+32) mod size == PQH) sets PRS.PRO and drops the request; while PRO is
+set further requests are dropped silently. Software answers each group that
+ends with a last-page-in-group (LPIG) request with one page group response
+(QI descriptor 0x9); the engine matches responses to outstanding groups by
+(RID, PASID, PRGI) and records mismatches and reserved response codes so
+checks can flag them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+from typing import TYPE_CHECKING
+
+from .faults import Fault, FaultReason, RequestType
+from .memory import MemoryAccessError
+from .registers import PRS_PPR, PRS_PRO, FaultOutcome, Reg
+from .root_context import ScalableContextEntry, TranslationTableMode
+
+if TYPE_CHECKING:
+    from .model import VtdModel
+
+FR = FaultReason
+PRQ_DESC_SIZE = 32
+
+
+class ResponseCode(IntEnum):
+    SUCCESS = 0x0
+    INVALID_REQUEST = 0x1
+    FAILURE = 0xF
+
+
+class PageRequestStatus(Enum):
+    QUEUED = "queued"
+    OVERFLOW = "overflow"  # queue full: PRO set, request dropped
+    DROPPED = "dropped"  # PRO already set
+    FAULTED = "faulted"  # rejected with a recorded fault (e.g. PRE=0 -> 0x47)
+    UNSUPPORTED = "unsupported"  # ECAP.PRS=0 or the queue is not set up
+    WRITE_ERROR = "write-error"  # the descriptor could not be written to memory
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequestDescriptor:
+    """A 32-byte page request descriptor (VTD_FACTS §7.1)."""
+
+    rid: int
+    addr: int
+    pasid: int | None
+    read: bool
+    write: bool
+    execute: bool
+    privileged: bool
+    prgi: int
+    lpig: bool
+    private_data: tuple[int, int] | None = None
+
+    def encode(self) -> tuple[int, int, int, int]:
+        q0 = 1 | int(self.pasid is not None) << 8 | int(self.private_data is not None) << 9
+        q0 |= (self.rid & 0xFFFF) << 16 | ((self.pasid or 0) & 0xFFFFF) << 32
+        q0 |= int(self.execute) << 52 | int(self.privileged) << 53
+        q1 = int(self.read) | int(self.write) << 1 | int(self.lpig) << 2
+        q1 |= (self.prgi & 0x1FF) << 3 | (self.addr & ~0xFFF & 0xFFFF_FFFF_FFFF_FFFF)
+        pd = self.private_data or (0, 0)
+        return q0, q1, pd[0], pd[1]
+
+    @classmethod
+    def decode(cls, q0: int, q1: int, q2: int = 0, q3: int = 0) -> PageRequestDescriptor:
+        pp = (q0 >> 8) & 1
+        pdp = (q0 >> 9) & 1
+        return cls(
+            rid=(q0 >> 16) & 0xFFFF,
+            addr=q1 & ~0xFFF & 0xFFFF_FFFF_FFFF_FFFF,
+            pasid=(q0 >> 32) & 0xFFFFF if pp else None,
+            read=bool(q1 & 1),
+            write=bool(q1 >> 1 & 1),
+            execute=bool(q0 >> 52 & 1),
+            privileged=bool(q0 >> 53 & 1),
+            prgi=(q1 >> 3) & 0x1FF,
+            lpig=bool(q1 >> 2 & 1),
+            private_data=(q2, q3) if pdp else None,
+        )
+
+    @property
+    def stop_marker(self) -> bool:
+        """LPIG with neither read nor write: no response expected."""
+        return self.lpig and not self.read and not self.write
+
+    @property
+    def group_key(self) -> tuple[int, int | None, int]:
+        return (self.rid, self.pasid, self.prgi)
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequestResult:
+    status: PageRequestStatus
+    descriptor: PageRequestDescriptor
+    offset: int | None = None  # byte offset in the queue where it was written
+    fault: FaultReason | None = None
+    record: FaultOutcome | None = None
+
+    @property
+    def queued(self) -> bool:
+        return self.status is PageRequestStatus.QUEUED
+
+
+@dataclass(frozen=True, slots=True)
+class PageGroupResponse:
+    """A page group response the unit forwarded to a device."""
+
+    rid: int
+    pasid: int | None
+    prgi: int
+    rc: int
+    lpig: bool
+    matched: bool  # answered an outstanding group
+    rc_reserved: bool  # RC not in {0, 1, 0xF}: the device treats it as Response Failure
+    private: tuple[int, int] = (0, 0)
+
+    @property
+    def code(self) -> ResponseCode:
+        try:
+            return ResponseCode(self.rc)
+        except ValueError:
+            return ResponseCode.FAILURE
+
+
+class PageRequestQueue:
+    """PRQ state of one remapping unit."""
+
+    def __init__(self, model: VtdModel) -> None:
+        self.model = model
+        self.outstanding: Counter[tuple[int, int | None, int]] = Counter()
+        self.responses: list[PageGroupResponse] = []
+        self.requests = 0
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def size_bytes(self) -> int:
+        """Queue size: 2^PQS 4 KiB pages (2^(PQS+7) 32-byte descriptors)."""
+        return 4096 << (self.model.regs.get(Reg.PQA) & 7)
+
+    @property
+    def base(self) -> int:
+        return self.model.regs.get(Reg.PQA) & ~0xFFF & 0xFFFF_FFFF_FFFF_FFFF
+
+    def pending(self) -> list[PageRequestDescriptor]:
+        """Descriptors between PQH and PQT (what software has not consumed yet)."""
+        regs = self.model.regs
+        size = self.size_bytes
+        h, t = regs.get(Reg.PQH) % size, regs.get(Reg.PQT) % size
+        out = []
+        while h != t:
+            out.append(PageRequestDescriptor.decode(*self.model.memory.read_qwords(
+                self.base + h, 4)))
+            h = (h + PRQ_DESC_SIZE) % size
+        return out
+
+    # ------------------------------------------------------------------ requests
+    def request(self, sid: int, addr: int, *, pasid: int | None = None, write: bool = False,
+                execute: bool = False, privileged: bool = False, prgi: int = 0,
+                last: bool = True, read: bool | None = None,
+                private_data: tuple[int, int] | None = None) -> PageRequestResult:
+        """A PCIe page request from ``sid``. ``read`` defaults to ``not write``."""
+        m = self.model
+        regs = m.regs
+        rd = (not write) if read is None else read
+        if pasid is None:
+            execute = privileged = False
+        desc = PageRequestDescriptor(sid, addr & ~0xFFF, pasid, rd, write, execute, privileged,
+                                     prgi & 0x1FF, last, private_data)
+        self.requests += 1
+        if not m.ecap.prs:
+            return PageRequestResult(PageRequestStatus.UNSUPPORTED, desc)
+        fault = self._check_context(sid, pasid)
+        if fault is not None:
+            reason, fpd = fault
+            rec = m.record_fault(Fault(sid=sid, addr=addr, fr=reason, pasid=pasid,
+                                       request_type=RequestType.PAGE_REQUEST,
+                                       priv=privileged, exe=execute), fpd)
+            return PageRequestResult(PageRequestStatus.FAULTED, desc, fault=reason, record=rec)
+        prs = regs.get(Reg.PRS)
+        if prs & PRS_PRO:
+            return PageRequestResult(PageRequestStatus.DROPPED, desc)
+        size = self.size_bytes
+        head = regs.get(Reg.PQH) % size
+        tail = regs.get(Reg.PQT) % size
+        if (tail + PRQ_DESC_SIZE) % size == head:
+            regs.set(Reg.PRS, prs | PRS_PRO)
+            if not prs & (PRS_PPR | PRS_PRO):
+                regs.page_request_event()
+            return PageRequestResult(PageRequestStatus.OVERFLOW, desc)
+        at = self.base + tail
+        try:
+            for i, q in enumerate(desc.encode()):
+                m.memory.write_u64(at + 8 * i, q)
+        except MemoryAccessError:
+            return PageRequestResult(PageRequestStatus.WRITE_ERROR, desc)
+        regs.set(Reg.PQT, (tail + PRQ_DESC_SIZE) % size)
+        regs.set(Reg.PRS, prs | PRS_PPR)
+        if not prs & (PRS_PPR | PRS_PRO):
+            regs.page_request_event()
+        if last and not desc.stop_marker:
+            self.outstanding[desc.group_key] += 1
+        return PageRequestResult(PageRequestStatus.QUEUED, desc, offset=tail)
+
+    def _check_context(self, sid: int, pasid: int | None) -> tuple[FaultReason, bool] | None:
+        """Page requests need scalable mode, a present context with PRE=1 (and PASIDE).
+        The context entry comes through the context cache, as for translations."""
+        m = self.model
+        if not m.te:
+            return None  # translation disabled: nothing to check against
+        if m.ttm != TranslationTableMode.SCALABLE:
+            return FR.SM_TTM_LEGACY_PAGE_REQUEST, False
+        cce = m.context_entry(sid)
+        if cce.fault is not None:
+            return cce.fault, cce.fpd
+        ctx = cce.entry
+        assert isinstance(ctx, ScalableContextEntry)
+        if not ctx.pre:
+            return FR.SM_PRE_CLEAR, bool(ctx.fpd)
+        if pasid is not None and not ctx.paside:
+            return FR.SM_PASIDE_CLEAR, bool(ctx.fpd)
+        return None
+
+    # ------------------------------------------------------------------ responses
+    def respond(self, *, rid: int, pasid: int | None, prgi: int, rc: int, lpig: bool,
+                private: tuple[int, int] = (0, 0)) -> PageGroupResponse:
+        """A page group response descriptor was executed (QI type 0x9)."""
+        key = (rid, pasid, prgi)
+        matched = self.outstanding[key] > 0
+        if matched:
+            self.outstanding[key] -= 1
+            if not self.outstanding[key]:
+                del self.outstanding[key]
+        else:
+            self.outstanding.pop(key, None)
+        r = PageGroupResponse(rid, pasid, prgi, rc, lpig, matched,
+                              rc not in (0x0, 0x1, 0xF), private)
+        self.responses.append(r)
+        return r
+
+    def unanswered(self) -> list[tuple[int, int | None, int]]:
+        """Groups that ended (LPIG) and still wait for their response."""
+        return sorted(self.outstanding, key=lambda k: (k[0], -1 if k[1] is None else k[1], k[2]))
