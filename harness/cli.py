@@ -49,9 +49,43 @@ def hosts(ctx: click.Context) -> None:
     console.print(table)
 
 
+@cli.command()
+@click.option("--host", "host_name", default="local", show_default=True)
+@click.pass_context
+def preflight(ctx: click.Context, host_name: str) -> None:
+    """Check that HOST can run svmval: a verdict per line, the fix for each failure."""
+    from harness.preflight import render_verdicts, run_local_preflight
+
+    host = load_inventory(ctx.obj["inventory"]).get(host_name)
+    if host.is_local:
+        verdicts = run_local_preflight(host.qemu)
+    else:
+        from harness.remote import SshTarget
+        from host_setup.preflight import run_preflight
+
+        with SshTarget(host) as target:
+            verdicts = run_preflight(target, host)
+    console.print(render_verdicts(verdicts, f"preflight: {host_name}"))
+    ctx.exit(1 if any(v.failed for v in verdicts) else 0)
+
+
+def _register() -> None:
+    from guest_image.cli import image
+    from harness.qemu.cli import boot
+    from reports.cli import report
+
+    for command in (image, boot, report):
+        cli.add_command(command)
+
+
+_register()
+
+
 def main() -> None:
     try:
-        cli(standalone_mode=False)
+        rv = cli(standalone_mode=False)
+        if isinstance(rv, int):
+            sys.exit(rv)
     except SvmvalError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)

@@ -1,0 +1,75 @@
+"""What the guest is made of. Changing anything here changes the image digest."""
+
+from __future__ import annotations
+
+# trixie's PoCL 6.0 reports fine-grain SYSTEM SVM (caps 15), bookworm's 3.1 does not
+# (FIELD_NOTES); its 6.12 kernel behaves like bookworm-backports' for the IOMMU.
+SUITE = "trixie"
+
+PACKAGES = (
+    "linux-image-amd64",  # the guest kernel comes from the same suite, into the root
+    "python3",
+    "python3-numpy",
+    "python3-pyopencl",
+    "pocl-opencl-icd",
+    "ocl-icd-libopencl1",
+    "clinfo",
+    "binutils",  # PoCL links kernels with ld; without it the first launch fails
+    "kmod",
+    "pciutils",
+    "openssh-server",
+    "iproute2",
+    "e2fsprogs",
+)
+
+# Kernel modules loaded by the guest's init (the rest load on demand via modprobe).
+GUEST_MODULES = (
+    "virtio_net",
+    "virtio_rng",
+    "vfio",
+    "vfio_iommu_type1",
+    "vfio_pci",
+)
+
+# Modules the initramfs needs to mount the root: virtio-blk disk, ext4.
+INITRAMFS_MODULES = ("virtio_blk", "ext4", "crc32c_generic")
+
+# Kernel drivers nobody in this guest needs; dropped to keep the image small.
+PRUNED_MODULE_DIRS = (
+    "kernel/drivers/gpu",
+    "kernel/drivers/media",
+    "kernel/drivers/net/wireless",
+    "kernel/drivers/net/ethernet",
+    "kernel/drivers/infiniband",
+    "kernel/drivers/staging",
+    "kernel/drivers/scsi",
+    "kernel/drivers/usb",
+    "kernel/drivers/bluetooth",
+    "kernel/drivers/hid",
+    "kernel/drivers/input",
+    "kernel/drivers/iio",
+    "kernel/sound",
+    "kernel/net/wireless",
+    "kernel/net/mac80211",
+    "kernel/net/bluetooth",
+    "kernel/fs/btrfs",
+    "kernel/fs/xfs",
+    "kernel/fs/ocfs2",
+    "kernel/fs/nfs",
+    "kernel/fs/smb",
+)
+
+# intel_iommu=on,sm_on: scalable mode; iommu.strict=1: every unmap is invalidated at
+# once (the QI traffic the checks judge); no5lvl: 5-level CPU paging makes Linux
+# refuse SVM with a 4-level first stage ("incompatible paging mode").
+KERNEL_CMDLINE = (
+    "console=ttyS0,115200 intel_iommu=on,sm_on iommu.strict=1 no5lvl panic=-1 "
+    "loglevel=6 net.ifnames=0"
+)
+
+READY_MARKER = "SVMVAL-GUEST-READY"
+
+# Where the harness uploads the workloads package in the guest.
+GUEST_WORKDIR = "/opt/svmval"
+CACHE_LABEL = "svmcache"
+POCL_CACHE_DIR = "/var/cache/pocl"

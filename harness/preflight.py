@@ -1,0 +1,171 @@
+"""Local-lab preflight: can this machine run the local lab, and if not, what to do.
+
+Each line is a real measurement of this machine (no assumed values); a failed
+line carries the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+
+from rich.table import Table
+
+from host_setup.verdict import Verdict
+
+MIN_QEMU = (10, 0)
+FIX_BOOTSTRAP = "run `make bootstrap` (installs QEMU >= 10.0 from bookworm-backports, PoCL, tools)"
+
+
+def _run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def check_qemu(binary: str) -> list[Verdict]:
+    from harness.qemu.probe import QemuProbeError, probe_qemu
+
+    path = shutil.which(binary)
+    if path is None:
+        return [Verdict("QEMU", False, f"{binary} not found", FIX_BOOTSTRAP)]
+    try:
+        info = probe_qemu(path)
+    except QemuProbeError as exc:
+        return [Verdict("QEMU", False, str(exc), FIX_BOOTSTRAP)]
+    version = ".".join(map(str, info.version))
+    out = [
+        Verdict(
+            "QEMU version",
+            info.version[:2] >= MIN_QEMU,
+            f"{version} ({path})",
+            "" if info.version[:2] >= MIN_QEMU else FIX_BOOTSTRAP,
+        )
+    ]
+    # Scalable mode + first-stage translation + PASID are what the local lab emulates.
+    for key, what in (
+        ("scalable_mode", "scalable mode"),
+        ("flts", "first-stage translation"),
+        ("pasid", "PASID support"),
+        ("caching_mode", "caching mode"),
+    ):
+        name = info.iommu_property(key)
+        out.append(
+            Verdict(
+                f"intel-iommu {what}",
+                name is not None,
+                name or "property missing",
+                "" if name else f"this QEMU's intel-iommu has no {what}; {FIX_BOOTSTRAP}",
+            )
+        )
+    svm = info.iommu_property("svm")
+    out.append(
+        Verdict(
+            "intel-iommu svm (PRS/PASID to the guest driver)",
+            None,
+            svm or "absent (QEMU < 11: no page requests; PRQ checks use modelled traffic)",
+        )
+    )
+    out.append(
+        Verdict(
+            "accelerator tcg",
+            "tcg" in info.accelerators,
+            "available" if "tcg" in info.accelerators else "missing",
+            "" if "tcg" in info.accelerators else "install a QEMU built with TCG (Debian's is)",
+        )
+    )
+    return out
+
+
+def check_kvm() -> Verdict:
+    # /dev/kvm on these build machines is nested PVM where unmodified guests die with
+    # emulation failures (FIELD_NOTES); the local lab uses TCG and says so.
+    if not os.path.exists("/dev/kvm"):
+        return Verdict("accelerator kvm", None, "no /dev/kvm: TCG will be used")
+    modules = open("/proc/modules").read() if os.path.exists("/proc/modules") else ""
+    if "kvm_pvm" in modules:
+        return Verdict("accelerator kvm", None, "/dev/kvm is PVM (nested, unreliable): TCG will be used")
+    return Verdict("accelerator kvm", None, "/dev/kvm present: the local lab still uses TCG for repeatable traces")
+
+
+_SVM_BITS = {
+    1 << 0: "coarse-grain buffer",
+    1 << 1: "fine-grain buffer",
+    1 << 2: "fine-grain system",
+    1 << 3: "atomics",
+}
+
+
+def check_opencl() -> list[Verdict]:
+    import pyopencl as cl
+
+    try:
+        devices = [(p, d) for p in cl.get_platforms() for d in p.get_devices()]
+    except cl.Error as exc:
+        devices, error = [], f"{type(exc).__name__}: {exc}"
+    else:
+        error = "no devices"
+    if not devices:
+        return [
+            Verdict(
+                "OpenCL platforms",
+                False,
+                error,
+                "install an ICD: `apt-get install pocl-opencl-icd ocl-icd-libopencl1` (make bootstrap)",
+            )
+        ]
+    out = []
+    for platform, dev in devices:
+        caps = int(dev.get_info(cl.device_info.SVM_CAPABILITIES))
+        names = [name for bit, name in _SVM_BITS.items() if caps & bit]
+        out.append(
+            Verdict(
+                f"OpenCL {platform.name.strip()} / {dev.name.strip()}",
+                bool(names),
+                f"{dev.version.strip()}; SVM caps {caps:#x}: {', '.join(names) or 'none'}",
+                "" if names else "this device has no SVM; PoCL >= 1.6 has it",
+            )
+        )
+    return out
+
+
+def check_guest_kernel() -> Verdict:
+    from guest_image.build import cached_image
+
+    image = cached_image()
+    if image is not None:
+        kernel = image.manifest.get("kernel", image.kernel.name)
+        return Verdict("guest kernel", True, f"{kernel} (image {image.digest[:12]}, cached)")
+    tools = [t for t in ("debootstrap", "mke2fs", "cpio") if shutil.which(t) is None]
+    if tools:
+        return Verdict("guest kernel", False, f"image not built; missing {', '.join(tools)}", FIX_BOOTSTRAP)
+    return Verdict(
+        "guest kernel",
+        None,
+        "image not built yet: the first run builds it from Debian packages (about 2 minutes)",
+        "`svmval image build` builds it ahead of time",
+    )
+
+
+def run_local_preflight(qemu: str = "qemu-system-x86_64") -> list[Verdict]:
+    checks: list[Callable[[], list[Verdict] | Verdict]] = [
+        lambda: check_qemu(qemu),
+        check_kvm,
+        check_opencl,
+        check_guest_kernel,
+    ]
+    verdicts: list[Verdict] = []
+    for check in checks:
+        result = check()
+        verdicts.extend(result if isinstance(result, list) else [result])
+    return verdicts
+
+
+def render_verdicts(verdicts: list[Verdict], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("check", "verdict", "value", "fix"):
+        table.add_column(col, overflow="fold")
+    for v in verdicts:
+        mark = {True: "[green]ok[/]", False: "[bold red]FAIL[/]", None: "[yellow]note[/]"}[v.ok]
+        table.add_row(v.name, mark, v.value, v.fix)
+    return table

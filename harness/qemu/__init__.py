@@ -1,0 +1,1 @@
+"""QEMU: probing, command-line profiles, VM lifecycle."""

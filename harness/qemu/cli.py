@@ -1,0 +1,40 @@
+"""`svmval boot`: boot the local-lab guest, run one command in it, shut down."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from guest_image.build import ensure_image
+from harness.inventory import load_inventory
+from harness.qemu.session import local_guest
+
+console = Console(stderr=True)
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--host", default="local", show_default=True, help="inventory host (boot runs the local lab)")
+@click.option("--artifacts", type=click.Path(file_okay=False), help="keep console/trace here")
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def boot(ctx: click.Context, host: str, artifacts: str | None, cmd: tuple[str, ...]) -> None:
+    """Boot the guest, run CMD in it (default: uname -a), print its output, shut down."""
+    spec = load_inventory(ctx.obj.get("inventory") if ctx.obj else None).get(host)
+    if not spec.is_local:
+        raise click.UsageError(f"boot runs the local lab; for {host!r} use `svmval run --host {host}`")
+    command = " ".join(cmd) if cmd else "uname -a"
+    run_dir = Path(artifacts) if artifacts else Path(tempfile.mkdtemp(prefix="svmval-boot-"))
+    with console.status("guest image") as status:
+        image = ensure_image(status.update)
+        with local_guest(image, run_dir / "vm", memory_mib=spec.guest_memory_mib, cpus=spec.guest_cpus,
+                         say=status.update) as guest:
+            status.update(f"running: {command}")
+            result = guest.channel.run(command)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    console.print(f"[dim]artefacts: {run_dir}; boot {guest.boot_s:.1f} s guest time[/]")
+    ctx.exit(result.exit_code)
