@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import lru_cache
 from typing import Any, ClassVar, Literal
 
 QWORD = 0xFFFF_FFFF_FFFF_FFFF
@@ -404,6 +405,8 @@ class QiCaps:
                    pds=bool(ecap >> 42 & 1))
 
 
+# Every optional descriptor feature present: decode by layout alone.
+FULL_CAPS = QiCaps()
 # What QEMU 10.0.2's emulated unit advertises with x-scalable-mode=on (no PRS, no PDS).
 QEMU_10_SM_CAPS = QiCaps(scalable_mode=True, prs=False, pds=False)
 
@@ -432,10 +435,15 @@ def reserved_masks(desc_type: int, width: Width = 256,
     return _split(reserved, width // 64)
 
 
+@lru_cache(maxsize=1 << 16)
 def decode_inv_desc(qw0: int, qw1: int, qw2: int = 0, qw3: int = 0, *,
                     width: Width = 256,
                     caps: QiCaps = QiCaps()) -> InvDescriptor | InvalidDescriptor:
     """Decode one descriptor as fetched from a queue of ``width`` bits.
+
+    Cached: a pure function of its arguments returning frozen values, and real
+    traces repeat the same few hundred descriptors (a queue of wait descriptors
+    cycling through its status slots, the same buffer pages unmapped again).
 
     Checks in hardware's order of discovery: is the type one this unit knows (3),
     does it fit the queue width (5), then reserved bits and reserved encodings (4).
@@ -633,6 +641,7 @@ def qemu10_divergent_bits(desc_type: DescType, caps: QiCaps = QEMU_10_SM_CAPS
 
 
 __all__ = [
+    "FULL_CAPS",
     "QEMU_10_RESERVED_MASKS",
     "QEMU_10_SM_CAPS",
     "QEMU_PRI_PAGE_GROUP_RESPONSE_MASKS",
