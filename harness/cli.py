@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 from rich.console import Console
@@ -67,6 +68,56 @@ def preflight(ctx: click.Context, host_name: str) -> None:
             verdicts = run_preflight(target, host)
     console.print(render_verdicts(verdicts, f"preflight: {host_name}"))
     ctx.exit(1 if any(v.failed for v in verdicts) else 0)
+
+
+@cli.command("run")
+@click.option("--host", "host_name", default="local", show_default=True)
+@click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(file_okay=False))
+@click.option("--workload", "workloads", multiple=True, help="run only these workloads (repeatable)")
+@click.pass_context
+def run_cmd(ctx: click.Context, host_name: str, artifacts: str, workloads: tuple[str, ...]) -> None:
+    """The end-to-end run: image, boot, workloads in the guest, checks, report."""
+    from pathlib import Path
+
+    from harness.run import run_local
+
+    host = load_inventory(ctx.obj["inventory"]).get(host_name)
+    if not host.is_local:
+        raise click.UsageError(
+            f"{host_name!r} is a lab host: run it with `pytest --host {host_name}` (lab runs go "
+            f"through host_setup's provisioning)"
+        )
+    with console.status("starting") as status:
+        outcome = run_local(
+            host, Path(artifacts), workloads=list(workloads) or None,
+            say=lambda msg: (status.update(msg), console.log(msg)),
+        )
+    console.print(summary_table(outcome))
+    files = outcome.bundle.manifest.files
+    for role in ("report", "junit"):
+        if role in files:
+            console.print(f"{role}: {outcome.bundle.path / files[role]}")
+    mf = outcome.bundle.manifest
+    if mf.error:
+        console.print(f"[bold red]run could not complete:[/] {mf.error}", highlight=False)
+    console.print(f"verdict: [bold]{mf.verdict.value.upper()}[/] in {mf.durations.get('total_s', 0)} s "
+                  f"(bundle {outcome.bundle.path})")
+    ctx.exit(0 if outcome.ok else 1)
+
+
+def summary_table(outcome: Any) -> Table:
+    table = Table(title=f"svmval run {outcome.bundle.manifest.run_id}")
+    for col in ("kind", "name", "verdict", "traffic", "detail"):
+        table.add_column(col, overflow="fold")
+    colour = {"pass": "green", "fail": "bold red", "skip": "yellow", "error": "bold red"}
+    for r in (outcome.workloads or {}).get("results", []):
+        v = r["verdict"]
+        table.add_row("workload", r["name"], f"[{colour[v]}]{v}[/]", "-", r.get("reason") or "")
+    for c in outcome.checks:
+        v = c.verdict.value
+        name = f"{c.name} ({c.workload})" if c.workload else c.name
+        table.add_row("check", name, f"[{colour[v]}]{v}[/]", c.traffic.value, c.summary)
+    return table
 
 
 def _register() -> None:

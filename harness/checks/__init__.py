@@ -1,0 +1,1 @@
+"""Checks that judge a run: QI completeness, translations, page requests, faults."""

@@ -1,0 +1,310 @@
+"""QI completeness: did the guest invalidate every translation it changed?
+
+The check replays QEMU's own trace of the unit: every IOTLB fill
+(vtd_iotlb_page_update + the vtd_dmar_translate that follows it with the page
+mask), every use (vtd_iotlb_page_hit) and every invalidation descriptor
+(vtd_inv_desc, decoded by harness.viommu.descriptors) into the reference model's
+caches, with the spec's rule for what each descriptor removes.  Then, with the
+guest paused, every translation still cached is compared with a fresh walk of the
+guest's tables in guest RAM: one that no longer matches memory is STALE — the
+device could still use a translation the guest has changed without invalidating
+it (with caching mode on, the missing or late invalidation this suite exists to
+catch).
+
+It also reports descriptors the unit must reject, invalidation waits that never
+completed (a status write or completion interrupt that QEMU never did) and uses
+of cache entries the replay had already invalidated (QEMU and the spec disagree).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from harness.trace.events import (
+    DmarTranslate,
+    GenericEvent,
+    InvDesc,
+    InvDescWaitIrq,
+    InvDescWaitSw,
+    InvDescWaitWriteFail,
+    IotlbPageHit,
+    IotlbPageUpdate,
+    RegDmarRoot,
+    RegWrite,
+    TraceEvent,
+)
+from harness.viommu import GuestMemory, VtdModel
+from harness.viommu import descriptors as dsc
+from harness.viommu.caches import IotlbEntry
+from reports.bundle import DATA_INV_TO_USE, DATA_INV_TO_USE_UNIT, CheckResult, Finding, Traffic, Verdict
+
+IQA_OFFSET = 0x90
+IQA_DW = 1 << 11
+# First-stage leaf: address bits 51:12 (PS pages mask more below); the permission bits
+# that change what a device may do: P, R/W, U/S, XD. A and D are set by the walk
+# itself and differ harmlessly between QEMU's cached copy and memory.
+_ADDR_MASK = ((1 << 52) - 1) & ~0xFFF
+_PERM_MASK = 0x7 | (1 << 63)
+
+
+@dataclass
+class _Fill:
+    line: int
+    sid: int
+    did: int
+    iova: int
+    pte: int
+    size: int = 4096
+    last_use: int = 0
+
+
+@dataclass
+class QiReplay:
+    """State of the replay; `finish(memory)` turns it into a CheckResult."""
+
+    pasid: int = 0  # requests without PASID use RID_PASID (Linux: 0)
+    pgtt: int = 1  # first-stage: QEMU x-flts walks every scalable DMA through stage 1
+    wide: bool = True
+    root: int | None = None
+    counts: Counter[str] = field(default_factory=Counter)
+    findings: list[Finding] = field(default_factory=list)
+    inv_to_use: list[float] = field(default_factory=list)
+    _model: VtdModel | None = None
+    _entries: dict[tuple[int, int], _Fill] = field(default_factory=dict)  # (did, page) -> fill
+    _pending: _Fill | None = None
+    _waits: list[tuple[int, dsc.WaitDesc]] = field(default_factory=list)
+    _dropped_at: dict[tuple[int, int], int] = field(default_factory=dict)  # page -> inv line
+
+    def __post_init__(self) -> None:
+        # The replay's caches are a model's caches: the same rules as the judge's.
+        self._model = VtdModel(GuestMemory(4096))
+
+    @property
+    def caches(self):  # type: ignore[no-untyped-def]
+        assert self._model is not None
+        return self._model.caches
+
+    # -- events ----------------------------------------------------------------------
+    def feed(self, events: Iterable[TraceEvent]) -> None:
+        for ev in events:
+            self.counts["events"] += 1
+            if isinstance(ev, IotlbPageUpdate):
+                self._flush_pending()
+                self._pending = _Fill(ev.line, ev.sid, ev.domain, ev.iova, ev.slpte)
+            elif isinstance(ev, DmarTranslate):
+                p = self._pending
+                if p is not None and p.sid == ev.sid and (p.iova & ~ev.mask) == ev.iova & ~ev.mask:
+                    p.size = ev.mask + 1
+                self._flush_pending()
+                self.counts["translations"] += 1
+            elif isinstance(ev, IotlbPageHit):
+                self._flush_pending()
+                self._hit(ev)
+            elif isinstance(ev, InvDesc):
+                self._flush_pending()
+                self._descriptor(ev)
+            elif isinstance(ev, InvDescWaitSw | InvDescWaitIrq):
+                self._wait_done(ev)
+            elif isinstance(ev, InvDescWaitWriteFail):
+                self.findings.append(
+                    Finding(f"invalidation wait status write failed (hi {ev.hi:#x} lo {ev.lo:#x})",
+                            trace_lines=(ev.line,))
+                )
+            elif isinstance(ev, RegWrite) and ev.offset == IQA_OFFSET:
+                self.wide = bool(ev.value & IQA_DW)
+            elif isinstance(ev, RegDmarRoot):
+                self.root = ev.addr
+            elif isinstance(ev, GenericEvent) and ev.name == "vtd_iotlb_reset":
+                # QEMU dropped its whole IOTLB on its own (size limit, reset): whatever
+                # the guest did or did not invalidate, nothing cached survives.
+                self._flush_pending()
+                self.caches.inv_iotlb_global()
+                self._entries.clear()
+                self.counts["qemu_iotlb_resets"] += 1
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        p = self._pending
+        if p is None:
+            return
+        self._pending = None
+        page = p.iova & ~(p.size - 1)
+        key = (p.did, page)
+        old = self._entries.get(key)
+        if old is not None and self.caches.iotlb_lookup(p.did, self.pasid, page) is not None:
+            if (old.pte ^ p.pte) & (_ADDR_MASK | _PERM_MASK):
+                self.findings.append(
+                    Finding(
+                        f"sid {p.sid:#x} iova {page:#x}: translation changed from pte {old.pte:#x} "
+                        f"to {p.pte:#x} while the old one was still cached and no invalidation "
+                        f"covered it (uses in between were stale)",
+                        trace_lines=(old.line, p.line),
+                    )
+                )
+                self.counts["stale_refills"] += 1
+        dropped = self._dropped_at.pop(key, None)
+        if dropped is not None:
+            self.inv_to_use.append(float(p.line - dropped))
+        self.caches.iotlb_insert(
+            IotlbEntry(
+                did=p.did, pasid=self.pasid, pgtt=self.pgtt, page_base=page, page_size=p.size,
+                out_base=p.pte & _ADDR_MASK & ~(p.size - 1), decision=[], fpd=False,
+                leaf_pte=p.pte, level=1, sids={p.sid},
+            )
+        )
+        p.last_use = p.line
+        self._entries[key] = p
+        self.counts["fills"] += 1
+
+    def _hit(self, ev: IotlbPageHit) -> None:
+        self.counts["hits"] += 1
+        entry = self.caches.iotlb_lookup(ev.domain, self.pasid, ev.iova)
+        if entry is None:
+            # QEMU answered from a cache entry the spec says is gone.
+            self.findings.append(
+                Finding(
+                    f"sid {ev.sid:#x} iova {ev.iova:#x}: QEMU used a cached translation "
+                    f"(pte {ev.slpte:#x}) after an invalidation that covers it",
+                    trace_lines=(ev.line,),
+                )
+            )
+            self.counts["hits_after_invalidation"] += 1
+            return
+        fill = self._entries.get((ev.domain, entry.page_base))
+        if fill is not None:
+            fill.last_use = ev.line
+
+    def _descriptor(self, ev: InvDesc) -> None:
+        self.counts["descriptors"] += 1
+        # The unit completes a wait (status write / interrupt) before it fetches the
+        # next descriptor: one still pending now was never completed.
+        self._expire_waits()
+        d = ev.decode(width=256 if self.wide else 128)
+        if isinstance(d, dsc.InvalidDescriptor):
+            self.findings.append(
+                Finding(f"invalid descriptor ({ev.type}): {d}", trace_lines=(ev.line,))
+            )
+            self.counts["invalid_descriptors"] += 1
+            return
+        self.counts[f"desc_{type(d).__name__}"] += 1
+        before = set(self._live_keys())
+        c = self.caches
+        if isinstance(d, dsc.IotlbInv):
+            if d.g == dsc.IotlbGranularity.GLOBAL:
+                c.inv_iotlb_global()
+            elif d.g == dsc.IotlbGranularity.DOMAIN:
+                c.inv_iotlb_domain(d.did)
+            else:
+                c.inv_iotlb_page(d.did, d.addr, d.am, bool(d.ih))
+        elif isinstance(d, dsc.PasidIotlbInv):
+            if d.g == dsc.PasidIotlbGranularity.PASID:
+                c.inv_piotlb_pasid(d.did, d.pasid)
+            else:
+                c.inv_piotlb_page(d.did, d.pasid, d.addr, d.am, bool(d.ih))
+        elif isinstance(d, dsc.WaitDesc):
+            if d.sw or d.if_:
+                self._waits.append((ev.line, d))
+            else:
+                self.findings.append(
+                    Finding("invalidation wait with neither SW nor IF: nothing can observe it",
+                            trace_lines=(ev.line,))
+                )
+        for key in before - set(self._live_keys()):
+            self._entries.pop(key, None)
+            self._dropped_at[key] = ev.line
+            self.counts["entries_invalidated"] += 1
+
+    def _live_keys(self) -> Iterable[tuple[int, int]]:
+        for key in self._entries:
+            if self.caches.iotlb_lookup(key[0], self.pasid, key[1]) is not None:
+                yield key
+
+    def _wait_done(self, ev: InvDescWaitSw | InvDescWaitIrq) -> None:
+        if not self._waits:
+            return
+        _line, d = self._waits[-1]
+        if isinstance(ev, InvDescWaitSw):
+            done = bool(d.sw) and d.status_addr == ev.addr and d.status_data == ev.data
+        else:
+            done = bool(d.if_)
+        if done:
+            self._waits.pop()
+            self.counts["waits_completed"] += 1
+
+    def _expire_waits(self) -> None:
+        for line, d in self._waits:
+            self.findings.append(
+                Finding(
+                    f"invalidation wait never completed (SW={d.sw} IF={d.if_} status addr "
+                    f"{d.status_addr:#x} data {d.status_data:#x})",
+                    trace_lines=(line,),
+                )
+            )
+            self.counts["waits_pending"] += 1
+        self._waits.clear()
+
+    # -- verdict ---------------------------------------------------------------------
+    def finish(self, memory: GuestMemory | None, *, started: float | None = None) -> CheckResult:
+        """Judge what is still cached against guest RAM (the guest must be paused)."""
+        t0 = started if started is not None else time.monotonic()
+        self._expire_waits()
+        self.counts["waits_pending"] += 0  # present in the counts even when zero
+        if memory is not None and self.root is not None:
+            self._judge_cached(memory)
+        stale = self.counts["stale_cached"] + self.counts["stale_refills"]
+        bad = len(self.findings)
+        summary = (
+            f"{self.counts['descriptors']} descriptors, {self.counts['fills']} IOTLB fills, "
+            f"{self.counts['hits']} hits replayed; {stale} stale translations, "
+            f"{self.counts['invalid_descriptors']} invalid descriptors, "
+            f"{self.counts['waits_pending']} waits never completed"
+        )
+        return CheckResult(
+            name="qi-completeness",
+            verdict=Verdict.FAIL if bad else Verdict.PASS,
+            traffic=Traffic.REAL,
+            summary=summary,
+            counts=dict(self.counts),
+            findings=tuple(self.findings[:200]),
+            duration_s=time.monotonic() - t0,
+            data={DATA_INV_TO_USE: self.inv_to_use, DATA_INV_TO_USE_UNIT: "trace lines"},
+        )
+
+    def _judge_cached(self, memory: GuestMemory) -> None:
+        model = VtdModel(memory)
+        assert self.root is not None
+        model.enable(self.root, scalable=True)
+        for (did, page), fill in list(self._entries.items()):
+            if self.caches.iotlb_lookup(did, self.pasid, page) is None:
+                continue
+            self.counts["cached_judged"] += 1
+            fresh = model.walk(fill.sid, page, update_ad=False)
+            cached_out = fill.pte & _ADDR_MASK & ~(fill.size - 1)
+            if fresh.ok and fresh.address == cached_out and fresh.page_size == fill.size and (
+                fresh.leaf_pte is None or not (fresh.leaf_pte ^ fill.pte) & _PERM_MASK
+            ):
+                continue
+            now = (
+                f"maps to {fresh.address:#x}" if fresh.ok and fresh.address is not None
+                else f"faults with {fresh.fault!r}"
+            )
+            self.findings.append(
+                Finding(
+                    f"STALE: sid {fill.sid:#x} iova {page:#x} is cached as {cached_out:#x} "
+                    f"(pte {fill.pte:#x}) but the guest's tables now say it {now}; "
+                    f"no invalidation covering it was issued",
+                    trace_lines=tuple(sorted({fill.line, fill.last_use})),
+                )
+            )
+            self.counts["stale_cached"] += 1
+
+
+def check_qi(events: Iterable[TraceEvent], memory: GuestMemory | None) -> CheckResult:
+    """Replay a whole trace and judge it against guest RAM (None: trace-only rules)."""
+    t0 = time.monotonic()
+    replay = QiReplay()
+    replay.feed(events)
+    return replay.finish(memory, started=t0)

@@ -1,0 +1,138 @@
+"""GVA -> GPA -> HVA -> HPA: does every page the device used land where it should?
+
+For each page a workload reports (its process virtual address, which is also the
+IOVA the device used, and the guest-physical address /proc/self/pagemap gave it):
+
+1. the reference model walks the guest's own IOMMU tables (root, context, PASID
+   entry, first stage) for the device's source-id and that address: GVA -> GPA;
+2. that GPA must equal the guest kernel's pagemap answer and the address QEMU's
+   translation events gave the device for the same page;
+3. GPA -> HVA through the shared RAM file (and QEMU's gpa2hva), HVA -> HPA through
+   /proc/<qemu>/pagemap, which must equal QEMU's gpa2hpa;
+4. the bytes at that place must hash to what the workload saw in the page.
+
+Run it while the workload holds its mappings and the guest is paused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from harness.trace.events import DmarTranslate, TraceEvent
+from harness.viommu import GuestMemory, VtdModel
+from reports.bundle import CheckResult, Finding, Traffic, Verdict
+
+PAGE = 4096
+
+
+@dataclass(frozen=True)
+class HostView:
+    """How the host reaches guest RAM: QEMU's answers and the QEMU process."""
+
+    gpa2hva: Callable[[int], int]
+    gpa2hpa: Callable[[int], int]
+    qemu_pid: int
+
+
+def hva_to_hpa(pid: int, hva: int) -> int | None:
+    """Host-physical address of `hva` in process `pid` from /proc/PID/pagemap (root only)."""
+    try:
+        fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        raw = os.pread(fd, 8, (hva // PAGE) * 8)
+    finally:
+        os.close(fd)
+    if len(raw) != 8:
+        return None
+    entry = struct.unpack("<Q", raw)[0]
+    pfn = entry & ((1 << 55) - 1)
+    if not entry >> 63 or pfn == 0:
+        return None
+    return pfn * PAGE + (hva % PAGE)
+
+
+def device_translations(events: Iterable[TraceEvent], sid: int) -> dict[int, tuple[int, int]]:
+    """Last translation QEMU gave `sid` per IOVA page: page -> (gpa page, trace line)."""
+    out: dict[int, tuple[int, int]] = {}
+    for ev in events:
+        if isinstance(ev, DmarTranslate) and ev.sid == sid:
+            out[ev.iova & ~ev.mask] = (ev.gpa & ~ev.mask, ev.line)
+    return out
+
+
+def check_translation(
+    workload: str,
+    sid: int,
+    pages: list[dict[str, Any]],
+    memory: GuestMemory,
+    root: int,
+    qemu_translations: dict[int, tuple[int, int]],
+    host: HostView | None,
+) -> CheckResult:
+    t0 = time.monotonic()
+    model = VtdModel(memory)
+    model.enable(root, scalable=True)
+    findings: list[Finding] = []
+    counts = {"pages": 0, "passed": 0, "failed": 0, "hpa_checked": 0, "qemu_checked": 0}
+    for page in pages:
+        counts["pages"] += 1
+        gva = int(page["gva"])
+        problems: list[str] = []
+        lines: tuple[int, ...] = ()
+        walk = model.walk(sid, gva, update_ad=False)
+        if not walk.ok or walk.address is None:
+            problems.append(f"the guest's IOMMU tables do not map it (model: {walk.fault!r})")
+            gpa = None
+        else:
+            gpa = walk.address
+            if page.get("gpa") is not None and int(page["gpa"]) != gpa:
+                problems.append(f"model walk gives GPA {gpa:#x}, the guest's pagemap {int(page['gpa']):#x}")
+            seen = qemu_translations.get(gva & ~(PAGE - 1))
+            if seen is not None:
+                counts["qemu_checked"] += 1
+                lines = (seen[1],)
+                if seen[0] != gpa & ~(PAGE - 1):
+                    problems.append(f"QEMU translated it to {seen[0]:#x}, the model to {gpa:#x}")
+            want = page.get("sha256")
+            if want is not None:
+                got = hashlib.sha256(memory.read(gpa & ~(PAGE - 1), PAGE)).hexdigest()
+                if got != want:
+                    problems.append("the bytes at that GPA are not what the workload saw in the page")
+            if host is not None:
+                hva = host.gpa2hva(gpa)
+                hpa = hva_to_hpa(host.qemu_pid, hva)
+                qemu_hpa = host.gpa2hpa(gpa)
+                if hpa is not None:
+                    counts["hpa_checked"] += 1
+                    if hpa != qemu_hpa:
+                        problems.append(f"HPA from QEMU's pagemap {hpa:#x} != QEMU's gpa2hpa {qemu_hpa:#x}")
+        if problems:
+            counts["failed"] += 1
+            findings.append(Finding(f"{workload}: page {gva:#x}: " + "; ".join(problems), trace_lines=lines))
+        else:
+            counts["passed"] += 1
+    verdict = Verdict.FAIL if findings or not pages else Verdict.PASS
+    summary = (
+        f"{counts['passed']}/{counts['pages']} pages GVA->GPA->HPA consistent "
+        f"({counts['qemu_checked']} against QEMU's translations, {counts['hpa_checked']} to HPA)"
+    )
+    if not pages:
+        summary = "the workload reported no pages: nothing to check"
+    return CheckResult(
+        name="translation",
+        verdict=verdict,
+        traffic=Traffic.REAL,
+        summary=summary,
+        workload=workload,
+        counts=counts,
+        findings=tuple(findings),
+        duration_s=time.monotonic() - t0,
+    )
