@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import time
@@ -27,6 +28,7 @@ from guest_image.recipe import GUEST_WORKDIR, POCL_CACHE_DIR
 from harness.checks.faults import ExpectedFault, check_faults
 from harness.checks.prq import check_prq_modelled
 from harness.checks.qi import QiReplay
+from harness.checks.seed import first_stage_leaf, restore_pte, retarget_pte
 from harness.checks.translation import HostView, check_translation, device_translations
 from harness.errors import EnvironmentBroken, GuestError, SvmvalError
 from harness.gitinfo import git_revision
@@ -196,6 +198,7 @@ def _held_run(g: GuestSession, bundle: Bundle, seed_stale_pte: bool) -> tuple[di
         g.machine.pause()
         try:
             checks.append(_translation_check(g, held))
+            checks.append(_held_qi_check(g, held, seed_stale_pte))
         finally:
             g.machine.resume()
         ch.run(f"touch {HOLD_DIR}/{HOLD_WORKLOAD}.release")
@@ -228,6 +231,28 @@ def _translation_check(g: GuestSession, held: dict[str, Any]) -> CheckResult:
     seen = device_translations(iter_events(trace, names=["vtd_dmar_translate"]), sid)
     host = HostView(g.machine.gpa2hva, g.machine.gpa2hpa, g.machine.pid or 0)
     return check_translation(HOLD_WORKLOAD, sid, held["pages"], g.machine.guest_memory(), root, seen, host)
+
+
+def _held_qi_check(g: GuestSession, held: dict[str, Any], seed_stale_pte: bool) -> CheckResult:
+    """QI completeness while the device's mappings are live. With `seed_stale_pte` a
+    first-stage PTE of a page the device just used is retargeted in guest RAM with
+    no invalidation — the missing invalidation the check must catch — and restored
+    before the guest runs again."""
+    t0 = time.monotonic()
+    replay = QiReplay()
+    replay.feed(iter_events(g.spec.trace_log))
+    seeded = None
+    memory = g.machine.guest_memory(writable=seed_stale_pte)
+    if seed_stale_pte and replay.root is not None and held["pages"]:
+        page = int(held["pages"][0]["gva"])
+        _at, old = first_stage_leaf(memory, replay.root, int(held["sid"]), page)
+        seeded = retarget_pte(memory, replay.root, int(held["sid"]), page, (old & ~0xFFF) ^ 0x200000)
+    try:
+        result = replay.finish(memory, started=t0)
+    finally:
+        if seeded is not None:
+            restore_pte(memory, seeded)
+    return dataclasses.replace(result, workload=f"{HOLD_WORKLOAD} (held)")
 
 
 def _final_checks(g: GuestSession, results: dict[str, Any]) -> list[CheckResult]:

@@ -15,7 +15,9 @@ trace in `trace.log`.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import tempfile
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -67,7 +69,12 @@ class VmSpec:
 
     @property
     def qmp_socket(self) -> Path:
-        return self.run_dir / "qmp.sock"
+        # sun_path holds 107 bytes: deep artefact folders get a short name in /tmp.
+        path = self.run_dir / "qmp.sock"
+        if len(str(path)) < 100:
+            return path
+        digest = hashlib.sha256(str(self.run_dir).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"svmval-qmp-{digest}.sock"
 
     @property
     def console_log(self) -> Path:

@@ -54,6 +54,7 @@ def local_guest(
     cpus: int = 2,
     qemu_binary: str = "qemu-system-x86_64",
     use_cache_disk: bool = True,
+    ready_idle_timeout: float = 90,
     say: Callable[[str], None] = lambda _m: None,
 ) -> Iterator[GuestSession]:
     info = probe_qemu(qemu_binary)
@@ -88,7 +89,7 @@ def local_guest(
                 memory_mib=memory_mib,
             )
         )
-        m = machine.wait_for(rf"{READY_MARKER} ([0-9.]+)", idle_timeout=90, total_timeout=300)
+        m = machine.wait_for(rf"{READY_MARKER} ([0-9.]+)", idle_timeout=ready_idle_timeout, total_timeout=300)
         channel = stack.enter_context(
             GuestChannel("127.0.0.1", spec.ssh_port, image.ssh_key, image.host_key_pub)
         )

@@ -1,0 +1,74 @@
+"""QEMU probing and command lines, against the QEMU installed here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.errors import ConfigError
+from harness.qemu.probe import probe_qemu
+from harness.qemu.profiles import Profile, VmSpec, build_argv, lab_nested, sid_of
+
+
+@pytest.fixture(scope="module")
+def qemu():  # type: ignore[no-untyped-def]
+    return probe_qemu()
+
+
+@pytest.fixture
+def spec(tmp_path: Path) -> VmSpec:
+    for name in ("vmlinuz", "initrd", "root.img"):
+        (tmp_path / name).write_bytes(b"x")
+    return VmSpec(
+        kernel=tmp_path / "vmlinuz", initrd=tmp_path / "initrd", rootfs=tmp_path / "root.img",
+        cmdline="console=ttyS0", run_dir=tmp_path, ssh_port=2222, device="0000:6a:01.0",
+    )
+
+
+def test_probe_reads_version_and_first_stage_property(qemu) -> None:  # type: ignore[no-untyped-def]
+    assert qemu.version >= (10, 0, 0)
+    assert "tcg" in qemu.accelerators
+    # 10.0 spells them x-flts / x-scalable-mode; 11.1 fsts / scalable-mode: both map.
+    assert qemu.iommu_property("flts") in ("x-flts", "fsts")
+    assert qemu.iommu_property("scalable_mode") in ("x-scalable-mode", "scalable-mode")
+    assert qemu.has_device("edu")
+
+
+def test_local_profile_puts_every_dma_device_behind_the_viommu(qemu, spec: VmSpec) -> None:  # type: ignore[no-untyped-def]
+    argv = build_argv(Profile.LOCAL_EMULATED, spec, qemu)
+    joined = " ".join(argv)
+    iommu = next(a for a in argv if a.startswith("intel-iommu"))
+    assert "caching-mode=on" in iommu and f"{qemu.iommu_property('flts')}=on" in iommu
+    for dev in ("virtio-blk-pci-non-transitional", "virtio-net-pci-non-transitional",
+                "virtio-rng-pci-non-transitional"):
+        assert any(a.startswith(dev) and "iommu_platform=on" in a for a in argv), dev
+    assert "edu,dma_mask=0xffffffffffffffff" in joined
+    assert "hostfwd=tcp:127.0.0.1:2222-:22" in joined  # forwards bound to loopback only
+    assert f"unix:{spec.qmp_socket}" in joined  # QMP on a unix socket, never TCP
+    assert f"mem-path={spec.ram_path},share=on" in joined
+    assert "-cpu" in argv and argv[argv.index("-cpu") + 1] == "max,-la57"
+    if qemu.iommu_property("svm") is None:
+        assert "device-iotlb" not in iommu  # 10.0 refuses it together with x-pasid-mode
+
+
+def test_lab_profile_assigns_the_device_through_iommufd(qemu, spec: VmSpec) -> None:  # type: ignore[no-untyped-def]
+    argv = lab_nested(spec, qemu)
+    joined = " ".join(argv)
+    assert "iommufd,id=iommufd0" in joined
+    assert "vfio-pci,host=0000:6a:01.0,iommufd=iommufd0,bus=rp0" in joined
+    assert "-accel kvm" in joined and "prealloc=on" in joined
+    assert "vfio-pci" not in " ".join(lab_nested(spec, qemu, with_vfio=False))
+
+
+def test_bad_inputs_are_named(qemu, spec: VmSpec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="not a PCI address|PCI address"):
+        lab_nested(VmSpec(**{**spec.__dict__, "device": "6a:01.0"}), qemu)
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_argv(Profile.LOCAL_EMULATED, VmSpec(**{**spec.__dict__, "kernel": tmp_path / "nope"}), qemu)
+    with pytest.raises(ConfigError, match="too small"):
+        build_argv(Profile.LOCAL_EMULATED, VmSpec(**{**spec.__dict__, "memory_mib": 128}), qemu)
+
+
+def test_source_ids_follow_pci_slots() -> None:
+    assert sid_of(6) == 0x30 and sid_of(3) == 0x18 and sid_of(0, bus=1) == 0x100
