@@ -22,7 +22,7 @@ test: bootstrap
 
 ## Speed and memory targets: model throughput, trace checking, SVM bandwidth.
 bench: bootstrap
-	$(PY) -m pytest benchmarks -p no:cacheprovider --benchmark-only -q -s
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lint: bootstrap
 	$(VENV)/bin/ruff check workloads harness guest_image host_setup reports tests benchmarks

@@ -1,0 +1,41 @@
+"""`pytest --host local`: the same run as `svmval run`, one test per workload and check."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.run import RunOutcome
+from reports.bundle import Traffic, Verdict
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_completed(local_run: RunOutcome) -> None:
+    mf = local_run.bundle.manifest
+    assert not mf.error, mf.error
+    assert mf.qemu["version"] and mf.guest["image_digest"] and mf.guest["kernel"]
+    for role in ("trace", "console", "workloads", "checks", "report", "junit"):
+        assert role in mf.files and (local_run.bundle.path / mf.files[role]).exists(), role
+
+
+def test_workload(local_run: RunOutcome, workload_name: str) -> None:
+    results = {r["name"]: r for r in (local_run.workloads or {}).get("results", [])}
+    assert workload_name in results, f"{workload_name} did not run in the guest"
+    r = results[workload_name]
+    if r["verdict"] == "skip":
+        # A skip must name what the device lacks, never hide a broken feature.
+        assert r.get("reason") and r.get("needs"), r
+        pytest.skip(f"{workload_name}: {r['reason']}")
+    assert r["verdict"] == "pass", r.get("reason")
+
+
+def test_check(local_run: RunOutcome, check_name: str) -> None:
+    found = [c for c in local_run.checks if c.name == check_name]
+    assert found, f"the run produced no {check_name} check"
+    for c in found:
+        assert c.verdict is Verdict.PASS, (c.summary, [f.message for f in c.findings[:5]])
+    if check_name == "prq":
+        # QEMU 10.0 emulates no page requests: the report must not pass it off as real.
+        assert all(c.traffic is Traffic.MODELLED for c in found)
+    else:
+        assert all(c.traffic is Traffic.REAL for c in found)

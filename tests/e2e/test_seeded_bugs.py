@@ -1,0 +1,29 @@
+"""A checker that never fails is worthless: seed a missing invalidation into a live
+guest and require the run to catch it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.inventory import HostSpec
+from harness.run import run_local
+from reports.bundle import Verdict
+
+pytestmark = pytest.mark.slow
+
+
+def test_pte_changed_without_invalidation_is_reported_stale(host: HostSpec, tmp_path: Path) -> None:
+    if not host.is_local:
+        pytest.skip("seeding writes guest RAM through the local lab's shared memory file")
+    outcome = run_local(host, tmp_path, workloads=["edu_dma"], seed_stale_pte=True)
+    assert not outcome.bundle.manifest.error, outcome.bundle.manifest.error
+    held = [c for c in outcome.checks if c.name == "qi-completeness" and c.workload == "edu_dma (held)"]
+    assert held, [c.name for c in outcome.checks]
+    assert held[0].verdict is Verdict.FAIL
+    assert any(f.message.startswith("STALE") for f in held[0].findings), held[0].findings
+    assert outcome.bundle.manifest.verdict is Verdict.FAIL
+    # The guest was put back as it was: the final judgement of the same run is clean.
+    final = [c for c in outcome.checks if c.name == "qi-completeness" and c.workload is None]
+    assert final and final[0].verdict is Verdict.PASS, final[0].findings[:3]
