@@ -84,6 +84,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("lab_host", hosts, ids=[h.name for h in hosts], scope="session")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # With pytest-xdist (`-n N --dist loadgroup`) every test of one lab host runs on
+    # one worker: a host's device and lock are never shared between workers.
+    for item in items:
+        host = _item_host(item, config)
+        if host is not None:
+            item.add_marker(pytest.mark.xdist_group(name=f"host-{host.name}"))
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("hardware") is None:
         return

@@ -82,3 +82,19 @@ def test_artifacts_are_kept_per_test(pytester: pytest.Pytester, lab: Path) -> No
 def test_markers_are_registered(pytester: pytest.Pytester, lab: Path) -> None:
     result = pytester.runpytest("--inventory", str(lab), "--markers")
     result.stdout.fnmatch_lines(["*@pytest.mark.hardware*", "*@pytest.mark.slow*"])
+
+
+def test_each_host_is_one_xdist_group(pytester: pytest.Pytester, lab: Path) -> None:
+    items, _ = pytester.inline_genitems("--inventory", str(lab), "--host", "gpu1", "--host", "gpu2")
+    groups = {
+        item.name: item.get_closest_marker("xdist_group").kwargs["name"]  # type: ignore[union-attr]
+        for item in items
+        if item.name.startswith("test_each")
+    }
+    assert groups == {"test_each[gpu1]": "host-gpu1", "test_each[gpu2]": "host-gpu2"}
+    # and the suite really runs that way under xdist
+    result = pytester.runpytest(
+        "--inventory", str(lab), "--host", "gpu1", "--host", "gpu2", "-n", "2", "--dist", "loadgroup",
+        "-k", "each",
+    )
+    result.assert_outcomes(passed=2)
