@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -132,7 +133,13 @@ def _register() -> None:
 _register()
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    # SIGTERM (CI timeouts, kill) unwinds like ctrl-C: VMs are shut down, artefacts kept.
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         rv = cli(standalone_mode=False)
         if isinstance(rv, int):

@@ -179,8 +179,9 @@ def _held_run(g: GuestSession, bundle: Bundle, seed_stale_pte: bool) -> tuple[di
     ch = g.channel
     out = "/tmp/svmval-edu.json"
     ch.run(
-        f"cd {GUEST_WORKDIR} && (SVMVAL_HOLD_DIR={HOLD_DIR} python3 -m workloads run {HOLD_WORKLOAD} "
-        f"--json {out} > /tmp/svmval-edu.log 2>&1 &)",
+        # Detached from the SSH session (stdin too), or the channel stays open with it.
+        f"cd {GUEST_WORKDIR} && SVMVAL_HOLD_DIR={HOLD_DIR} setsid nohup python3 -m workloads run "
+        f"{HOLD_WORKLOAD} --json {out} < /dev/null > /tmp/svmval-edu.log 2>&1 &",
         env=GUEST_ENV,
     )
     ready = f"{HOLD_DIR}/{HOLD_WORKLOAD}.ready"
