@@ -109,7 +109,11 @@ def parse_workloads(data: dict[str, Any], where: Path) -> list[WorkloadRow]:
                 reason=str(r.get("reason") or ""),
                 needs=tuple(str(n) for n in needs),
                 timings=_numbers(r.get("timings"), "total"),
-                bandwidth=_numbers(r.get("bandwidth"), str(r.get("flavour") or name)),
+                # workloads report bytes/s (svmval.workloads/1); people read GB/s
+                bandwidth={
+                    k: v / 1e9
+                    for k, v in _numbers(r.get("bandwidth"), str(r.get("flavour") or name)).items()
+                },
                 pages=len(r.get("pages") or ()),
             )
         )

@@ -39,7 +39,7 @@ def first_touch(env: Env, res: Result) -> None:
     env.kernel(KERNELS, "touch")(env.queue, (pages,), None, cl.SVM(a), np.uint32(stride))
     env.queue.finish()
     res.timings["first_touch_s"] = round(time.perf_counter() - t0, 4)
-    res.bandwidth["first_touch_pages_per_s"] = round(pages / max(res.timings["first_touch_s"], 1e-9), 1)
+    res.extra["first_touch_pages_per_s"] = round(pages / max(res.timings["first_touch_s"], 1e-9), 1)
     check(bool((a[::stride] == np.arange(1, pages + 1, dtype=np.uint32)).all()), "first-touch values wrong")
     res.pages, res.pages_total = page_records(a.ctypes.data, FIRST_TOUCH_BYTES)
     res.extra["first_touch"] = True  # the host predicts one page request per page

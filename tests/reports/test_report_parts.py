@@ -67,7 +67,7 @@ def test_read_qi_without_timestamps_and_other_wording(tmp_path: Path) -> None:
 
 def test_workloads_parsing_is_lenient_about_optional_fields_but_not_the_schema() -> None:
     rows = parse_workloads({"schema": "svmval.workloads/1", "results": [
-        {"name": "a", "verdict": "pass", "bandwidth": 2.5, "timings": {"run": 1, "note": "x"}},
+        {"name": "a", "verdict": "pass", "bandwidth": 2.5e9, "timings": {"run": 1, "note": "x"}},
         {"name": "b", "verdict": "skip", "reason": "no fine-grain system SVM",
          "bandwidth": None, "needs": "fine-grain-system"},
     ]}, Path("w.json"))

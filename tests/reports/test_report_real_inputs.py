@@ -27,7 +27,7 @@ TRACES = REPO / "tests" / "fixtures" / "traces"
 def _trace_fixtures() -> list[Path]:
     if not TRACES.is_dir():
         return []
-    return sorted(p for p in TRACES.iterdir() if p.name.endswith((".log", ".log.gz", ".log.xz")))
+    return sorted(p for p in TRACES.iterdir() if p.name.endswith((".log", ".log.gz", ".log.xz", ".trace", ".trace.xz")))
 
 
 def _read(p: Path) -> str:
@@ -63,7 +63,6 @@ def test_report_from_a_real_workloads_run(make_bundle: BundleFactory, tmp_path: 
         assert f"<code>{r['name']}</code>" in html
 
 
-@pytest.mark.skipif(not _trace_fixtures(), reason=f"no trace fixtures under {TRACES} yet")
 @pytest.mark.parametrize("fixture", _trace_fixtures(), ids=lambda p: p.name)
 def test_qi_plot_from_the_shared_trace_fixtures(fixture: Path, tmp_path: Path) -> None:
     text = _read(fixture)
