@@ -316,6 +316,7 @@ def _finish(bundle: Bundle, results: dict[str, Any] | None, checks: list[CheckRe
     from reports.render import render_bundle
 
     render_bundle(bundle.path)
+    bundle.manifest = Bundle.open(bundle.path).manifest  # the renderer named its outputs
 
 
 def traffic_note(check: CheckResult) -> str:
