@@ -5,7 +5,6 @@ missing, until that area has landed; then it runs with no change here."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import lzma
 import subprocess
@@ -39,8 +38,6 @@ def _read(p: Path) -> str:
     return raw.decode(errors="replace")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("workloads.__main__") is None,
-                    reason="the workloads runner (python3 -m workloads) is not in the tree yet")
 def test_report_from_a_real_workloads_run(make_bundle: BundleFactory, tmp_path: Path) -> None:
     out = tmp_path / "workloads.json"
     proc = subprocess.run([sys.executable, "-m", "workloads", "run", "--json", str(out)],

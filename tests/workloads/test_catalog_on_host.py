@@ -61,7 +61,9 @@ def test_pages_carry_real_guest_physical_addresses(run_output: dict) -> None:  #
     for p in r["pages"]:
         assert p["gva"] % PAGE == 0
         assert p["gpa"] is not None and p["gpa"] % PAGE == 0 and p["gpa"] > 0  # root reads PFNs
-        assert len(p["sha256"]) == 64
+    # pages wholly inside the buffer carry the hash of what the device left there
+    hashed = [p for p in r["pages"] if "sha256" in p]
+    assert hashed and all(len(p["sha256"]) == 64 for p in hashed)
 
 
 def test_pagemap_gives_none_for_unmapped_address() -> None:
