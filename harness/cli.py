@@ -62,8 +62,9 @@ def preflight(ctx: click.Context, host_name: str) -> None:
     if host.is_local:
         verdicts = run_local_preflight(host.qemu)
     else:
-        from harness.remote import SshTarget
         from host_setup.preflight import run_preflight
+
+        from harness.remote import SshTarget
 
         with SshTarget(host) as target:
             verdicts = run_preflight(target, host)
@@ -91,7 +92,7 @@ def run_cmd(ctx: click.Context, host_name: str, artifacts: str, workloads: tuple
     with console.status("starting") as status:
         outcome = run_local(
             host, Path(artifacts), workloads=list(workloads) or None,
-            say=lambda msg: (status.update(msg), console.log(msg)),
+            say=lambda msg: _progress(status, msg),
         )
     console.print(summary_table(outcome))
     files = outcome.bundle.manifest.files
@@ -104,6 +105,11 @@ def run_cmd(ctx: click.Context, host_name: str, artifacts: str, workloads: tuple
     console.print(f"verdict: [bold]{mf.verdict.value.upper()}[/] in {mf.durations.get('total_s', 0)} s "
                   f"(bundle {outcome.bundle.path})")
     ctx.exit(0 if outcome.ok else 1)
+
+
+def _progress(status: Any, msg: str) -> None:
+    status.update(msg)
+    console.log(msg)
 
 
 def summary_table(outcome: Any) -> Table:

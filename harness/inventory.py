@@ -14,7 +14,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +29,17 @@ _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_.:\-\[\]]+$")
 
 
-class HostKind(str, Enum):
+class HostKind(StrEnum):
     LOCAL = "local"  # this machine, QEMU's emulated VT-d, no assigned device
     SSH = "ssh"  # a lab host reached over SSH
 
 
-class Nesting(str, Enum):
+class Nesting(StrEnum):
     IOMMUFD_FLTS = "iommufd-flts"  # host IOMMU nested, guest first stage via iommufd + x-flts
     NONE = "none"  # emulated vIOMMU only (the local lab)
 
 
-class KnownHostsPolicy(str, Enum):
+class KnownHostsPolicy(StrEnum):
     STRICT = "strict"  # the key must already be in known_hosts (the default)
     ACCEPT_NEW_INSECURE = "accept-new-insecure"  # explicit, logged opt-out for throwaway labs
 

@@ -116,7 +116,7 @@ def check_opencl() -> list[Verdict]:
         ]
     out = []
     for platform, dev in devices:
-        caps = int(dev.get_info(cl.device_info.SVM_CAPABILITIES))
+        caps = int(dev.get_info(cl.device_info.SVM_CAPABILITIES))  # type: ignore[call-overload]
         names = [name for bit, name in _SVM_BITS.items() if caps & bit]
         out.append(
             Verdict(

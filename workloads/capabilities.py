@@ -51,11 +51,11 @@ class DeviceInfo:
 
 def describe(platform: cl.Platform, dev: cl.Device) -> DeviceInfo:
     try:
-        svm = int(dev.get_info(cl.device_info.SVM_CAPABILITIES))
+        svm = int(dev.get_info(cl.device_info.SVM_CAPABILITIES))  # type: ignore[call-overload]
     except cl.Error:
         svm = 0
     try:
-        features = sorted(f.name for f in dev.get_info(cl.device_info.OPENCL_C_FEATURES))
+        features = sorted(f.name for f in dev.get_info(cl.device_info.OPENCL_C_FEATURES))  # type: ignore[attr-defined]
     except (cl.Error, AttributeError):
         features = []
     return DeviceInfo(

@@ -98,7 +98,10 @@ def all_workloads() -> dict[str, Workload]:
     return CATALOG
 
 
-def workload(name: str, category: str, *needs: Svm) -> Callable[[Callable[[Env, Result], None]], Callable[[Env, Result], None]]:
+Runner = Callable[[Env, Result], None]
+
+
+def workload(name: str, category: str, *needs: Svm) -> Callable[[Runner], Runner]:
     def register(fn: Callable[[Env, Result], None]) -> Callable[[Env, Result], None]:
         CATALOG[name] = Workload(name, category, needs, fn, (fn.__doc__ or "").strip().splitlines()[0])
         return fn

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.names:
                 print(wl.name)
             else:
-                needs = ", ".join(n.name.lower() for n in wl.needs) or "-"
+                needs = ", ".join(str(n.name).lower() for n in wl.needs) or "-"
                 print(f"{wl.name:32} {wl.category:40} needs: {needs}")
         return
     out = run(args.names, args.device, args.soak_seconds)

@@ -234,7 +234,8 @@ def edu_dma(env: Env | None, res: Result) -> None:
         elapsed = time.perf_counter() - t0
         res.bandwidth["edu_dma"] = round(2 * size / elapsed, 1)
         got = bytes(dst_map[:])
-        check(got == pattern, f"edu moved wrong data: {sum(a != b for a, b in zip(got, pattern, strict=True))} bytes differ")
+        differ = sum(a != b for a, b in zip(got, pattern, strict=True))
+        check(got == pattern, f"edu moved wrong data: {differ} bytes differ")
         for base, buf in ((src, src_map), (dst, dst_map)):
             for i in range(pages):
                 va = base + i * PAGE

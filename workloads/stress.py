@@ -131,7 +131,7 @@ def huge_pages(env: Env, res: Result) -> None:
     m.close()
 
 
-def _child(device_name: str, k: int, q: mp.Queue) -> None:  # type: ignore[type-arg]
+def _child(device_name: str, k: int, q: mp.Queue) -> None:
     try:
         from workloads.capabilities import select_device
 
@@ -152,7 +152,7 @@ def _child(device_name: str, k: int, q: mp.Queue) -> None:  # type: ignore[type-
 def multi_process(env: Env, res: Result) -> None:
     """Several processes with their own contexts at once (several PASIDs on SVM hardware)."""
     ctx = mp.get_context("spawn")  # OpenCL state must not be forked
-    q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    q: mp.Queue = ctx.Queue()
     procs = [ctx.Process(target=_child, args=(env.info.name, k, q)) for k in (2, 3)]
     for p in procs:
         p.start()

@@ -149,7 +149,7 @@ def enqueue_api(env: Env, res: Result) -> None:
     """clEnqueueSVMMemFill, clEnqueueSVMMemcpy, map/unmap, then a kernel over the copy."""
     src = cl.csvm_empty(env.ctx, N, np.int32)
     dst = cl.csvm_empty(env.ctx, N, np.int32)
-    cl.enqueue_svm_memfill(env.queue, cl.SVM(src), np.int32(9))
+    cl.enqueue_svm_memfill(env.queue, cl.SVM(src), np.array([9], dtype=np.int32))
     t0 = time.perf_counter()
     cl.enqueue_copy(env.queue, cl.SVM(dst), cl.SVM(src))
     env.queue.finish()

@@ -38,7 +38,7 @@ from harness.trace.events import (
 )
 from harness.viommu import GuestMemory, VtdModel
 from harness.viommu import descriptors as dsc
-from harness.viommu.caches import IotlbEntry
+from harness.viommu.caches import IotlbEntry, TranslationCaches
 from reports.bundle import DATA_INV_TO_USE, DATA_INV_TO_USE_UNIT, CheckResult, Finding, Traffic, Verdict
 
 IQA_OFFSET = 0x90
@@ -83,7 +83,7 @@ class QiReplay:
         self._model = VtdModel(GuestMemory(4096))
 
     @property
-    def caches(self):  # type: ignore[no-untyped-def]
+    def caches(self) -> TranslationCaches:
         assert self._model is not None
         return self._model.caches
 

@@ -19,7 +19,7 @@ import hashlib
 import re
 import tempfile
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from harness.errors import ConfigError
@@ -40,7 +40,7 @@ def sid_of(slot: int, bus: int = 0, fn: int = 0) -> int:
     return (bus << 8) | (slot << 3) | fn
 
 
-class Profile(str, Enum):
+class Profile(StrEnum):
     LOCAL_EMULATED = "local-emulated"
     LAB_NESTED = "lab-nested"
 
