@@ -60,8 +60,12 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 if [ "$(cat "$stamp_dir/pyproject" 2>/dev/null)" != "$want" ]; then
     say "installing svmval (editable) with its test extras into $venv"
-    "$venv/bin/pip" install -q --upgrade pip
-    "$venv/bin/pip" install -q -e "$here[test]"
+    log=$venv/pip-install.log
+    if ! { "$venv/bin/pip" install -q --upgrade pip && "$venv/bin/pip" install -q -e "$here[test]"; } >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        say "pip install failed; full log: $log"
+        exit 1
+    fi
     mkdir -p "$stamp_dir"
     echo "$want" >"$stamp_dir/pyproject"
 fi
