@@ -129,10 +129,10 @@ def summary_table(outcome: Any) -> Table:
 
 def _register() -> None:
     from guest_image.cli import image
-    from harness.qemu.cli import boot
+    from harness.qemu.cli import boot, qemu
     from reports.cli import report
 
-    for command in (image, boot, report):
+    for command in (image, boot, qemu, report):
         cli.add_command(command)
 
 

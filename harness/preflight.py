@@ -62,7 +62,7 @@ def check_qemu(binary: str) -> list[Verdict]:
     out.append(
         Verdict(
             "intel-iommu svm (PRS/PASID to the guest driver)",
-            None,
+            True if svm else None,
             svm or "absent (QEMU < 11: no page requests; PRQ checks use modelled traffic)",
         )
     )
@@ -147,9 +147,23 @@ def check_guest_kernel() -> Verdict:
     )
 
 
+def check_sid_qemu() -> Verdict:
+    from harness.qemu.sid import cached_sid_qemu
+
+    sid = cached_sid_qemu()
+    if sid is None:
+        return Verdict("QEMU 11 from sid", None, "not installed",
+                       "`svmval qemu install-sid`, then qemu = \"sid\" in [hosts.local]: svm=on, PRS, iommu-testdev")
+    return Verdict("QEMU 11 from sid", None, f"installed ({sid}); select it with qemu = \"sid\" in [hosts.local]")
+
+
 def run_local_preflight(qemu: str = "qemu-system-x86_64") -> list[Verdict]:
+    from harness.qemu.sid import local_qemu
+
+    chosen = local_qemu(qemu)
     checks: list[Callable[[], list[Verdict] | Verdict]] = [
-        lambda: check_qemu(qemu),
+        lambda: check_qemu(chosen),
+        check_sid_qemu,
         check_kvm,
         check_opencl,
         check_guest_kernel,

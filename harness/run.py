@@ -36,6 +36,7 @@ from harness.inventory import HostSpec
 from harness.paths import REPO_ROOT
 from harness.preflight import run_local_preflight
 from harness.qemu.session import GuestSession, local_guest
+from harness.qemu.sid import local_qemu
 from harness.trace.events import RegDmarRoot
 from harness.trace.parser import iter_events
 from reports.bundle import Bundle, CheckResult, Manifest, Traffic, Verdict
@@ -108,7 +109,9 @@ def run_local(
         }
         vm_dir = bundle.path / "vm"
         t0 = time.monotonic()
-        with local_guest(image, vm_dir, memory_mib=host.guest_memory_mib, cpus=host.guest_cpus, say=say) as g:
+        qemu = local_qemu(host.qemu)
+        with local_guest(image, vm_dir, memory_mib=host.guest_memory_mib, cpus=host.guest_cpus,
+                         qemu_binary=qemu, say=say) as g:
             mf.durations["boot_s"] = round(time.monotonic() - t0, 1)
             mf.qemu = g.qemu.describe()
             bundle.save()
@@ -215,9 +218,9 @@ def _held_run(g: GuestSession, bundle: Bundle, seed_stale_pte: bool) -> tuple[di
     return part, checks
 
 
-def _trace_root(trace: Path) -> int | None:
+def _trace_root(trace: Path, g: GuestSession) -> int | None:
     root = None
-    for ev in iter_events(trace, names=["vtd_reg_dmar_root"]):
+    for ev in iter_events(trace, names=["vtd_reg_dmar_root"], trace_events=g.qemu.trace_events):
         if isinstance(ev, RegDmarRoot):
             root = ev.addr
     return root
@@ -225,11 +228,12 @@ def _trace_root(trace: Path) -> int | None:
 
 def _translation_check(g: GuestSession, held: dict[str, Any]) -> CheckResult:
     trace = g.spec.trace_log
-    root = _trace_root(trace)
+    root = _trace_root(trace, g)
     sid = int(held["sid"])
     if root is None:
         raise GuestError("the trace has no root-table pointer (vtd_reg_dmar_root): is tracing on?")
-    seen = device_translations(iter_events(trace, names=["vtd_dmar_translate"]), sid)
+    seen = device_translations(
+        iter_events(trace, names=["vtd_dmar_translate"], trace_events=g.qemu.trace_events), sid)
     host = HostView(g.machine.gpa2hva, g.machine.gpa2hpa, g.machine.pid or 0)
     return check_translation(HOLD_WORKLOAD, sid, held["pages"], g.machine.guest_memory(), root, seen, host)
 
@@ -241,7 +245,7 @@ def _held_qi_check(g: GuestSession, held: dict[str, Any], seed_stale_pte: bool) 
     before the guest runs again."""
     t0 = time.monotonic()
     replay = QiReplay()
-    replay.feed(iter_events(g.spec.trace_log))
+    replay.feed(iter_events(g.spec.trace_log, trace_events=g.qemu.trace_events))
     seeded = None
     memory = g.machine.guest_memory(writable=seed_stale_pte)
     if seed_stale_pte and replay.root is not None and held["pages"]:
@@ -261,14 +265,14 @@ def _final_checks(g: GuestSession, results: dict[str, Any]) -> list[CheckResult]
     memory = g.machine.guest_memory()
     t0 = time.monotonic()
     replay = QiReplay()
-    replay.feed(iter_events(trace))
+    replay.feed(iter_events(trace, trace_events=g.qemu.trace_events))
     checks = [replay.finish(memory, started=t0)]
     expected = [
         ExpectedFault(r["name"], int(r["sid"]), int(r["fault_iova"]), False)
         for r in results["results"]
         if r.get("fault_iova") is not None and r["verdict"] == "pass"
     ]
-    checks.append(check_faults(iter_events(trace, names=["vtd_dmar_fault", "vtd_frr_new"]), expected,
+    checks.append(check_faults(iter_events(trace, names=["vtd_dmar_fault", "vtd_frr_new"], trace_events=g.qemu.trace_events), expected,
                                memory, replay.root, g.machine.console_text()))
     for r in results["results"]:
         if r.get("first_touch") and r["verdict"] == "pass":

@@ -69,3 +69,4 @@ if [ "$(cat "$stamp_dir/pyproject" 2>/dev/null)" != "$want" ]; then
     mkdir -p "$stamp_dir"
     echo "$want" >"$stamp_dir/pyproject"
 fi
+

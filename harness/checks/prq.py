@@ -139,8 +139,9 @@ def check_prq_modelled(workload: str, pages: list[int], *, drop_group: int | Non
         verdict=Verdict.FAIL if findings or not pages else Verdict.PASS,
         traffic=Traffic.MODELLED,
         summary=(
-            f"{len(pages)} page requests from {workload}'s first touches (modelled: this QEMU has "
-            f"no PRQ), {len(model.prq.responses)} answered, {len(unanswered)} unanswered"
+            f"{len(pages)} page requests from {workload}'s first touches (modelled: no device on "
+            f"this lab issues PCIe page requests), {len(model.prq.responses)} answered, "
+            f"{len(unanswered)} unanswered"
         ),
         workload=workload,
         counts=counts,

@@ -12,6 +12,7 @@ from rich.console import Console
 from guest_image.build import ensure_image
 from harness.inventory import load_inventory
 from harness.qemu.session import local_guest
+from harness.qemu.sid import ensure_sid_qemu, local_qemu
 
 console = Console(stderr=True)
 
@@ -31,10 +32,25 @@ def boot(ctx: click.Context, host: str, artifacts: str | None, cmd: tuple[str, .
     with console.status("guest image") as status:
         image = ensure_image(status.update)
         with local_guest(image, run_dir / "vm", memory_mib=spec.guest_memory_mib, cpus=spec.guest_cpus,
-                         say=status.update) as guest:
+                         qemu_binary=local_qemu(spec.qemu), say=status.update) as guest:
             status.update(f"running: {command}")
             result = guest.channel.run(command)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     console.print(f"[dim]artefacts: {run_dir}; boot {guest.boot_s:.1f} s guest time[/]")
     ctx.exit(result.exit_code)
+
+
+@click.group()
+def qemu() -> None:
+    """QEMU builds the local lab can use."""
+
+
+@qemu.command("install-sid")
+@click.option("--force", is_flag=True, help="rebuild even when one is cached")
+def install_sid(force: bool) -> None:
+    """Fetch QEMU 11.x from Debian sid into the cache (no host install); select it for
+    the local lab with `qemu = "sid"` in the inventory's [hosts.local]."""
+    with console.status("QEMU from sid") as status:
+        path = ensure_sid_qemu(status.update, force=force)
+    click.echo(path)

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness.errors import EnvironmentBroken
 
@@ -45,6 +46,13 @@ class QemuInfo:
     accelerators: frozenset[str]
     iommu_properties: frozenset[str]
     devices: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def trace_events(self) -> Path:
+        """This QEMU's trace-events-all (format strings for the trace parser): beside a
+        wrapper (sid's QEMU), else the system's."""
+        beside = Path(self.binary).resolve().with_name("trace-events-all")
+        return beside if beside.exists() else Path("/usr/share/qemu/trace-events-all")
 
     def iommu_property(self, key: str) -> str | None:
         """This binary's name for a canonical intel-iommu property, or None."""

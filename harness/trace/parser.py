@@ -26,6 +26,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
@@ -36,6 +37,12 @@ from .formats import EventFormat, EventTable, load_event_table
 Source = str | Path | Iterable[str]
 
 _TS_PREFIX = re.compile(r"(\d+)@(\d+\.\d+)$")
+# QEMU 11 prints ISO 8601 UTC times instead of PID@SECONDS: "2026-11-24T20:26:22.230274Z name ..."
+_ISO_PREFIX = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z")
+
+
+def _iso_seconds(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 _CHUNK = 8 << 20  # characters per read on the selective path
 
 
@@ -134,7 +141,10 @@ def _parse_line(text: str, lineno: int, comp: dict[str, _Compiled],
     body = text
     pid: int | None = None
     ts: float | None = None
-    if text[:1].isdigit():
+    if text[:1].isdigit() and (iso := _ISO_PREFIX.match(text)) is not None:
+        ts = _iso_seconds(iso.group(0))
+        body = text[iso.end() + 1:]
+    elif text[:1].isdigit():
         colon = text.find(":")
         m = _TS_PREFIX.match(text, 0, colon) if colon > 0 else None
         if m is None:
@@ -203,7 +213,8 @@ def _scan(path: Path, comp: dict[str, _Compiled], wanted: frozenset[str]
         # The timestamp prefix is decided once per file from its first line;
         # a line in the other form simply fails the count check below and is
         # then reported by the line-by-line locator.
-        sep = ":" if first[:1].isdigit() else "\n"
+        iso = _ISO_PREFIX.match(first) is not None
+        sep = "Z " if iso else ":" if first[:1].isdigit() else "\n"
         fh.seek(0)
         finders = []
         for name in sorted(wanted):
@@ -244,7 +255,14 @@ def _scan(path: Path, comp: dict[str, _Compiled], wanted: frozenset[str]
                 ls = pos + 1 if sep == "\n" else chunk.rfind("\n", 0, pos) + 1
                 pid: int | None = None
                 ts: float | None = None
-                if sep == ":":
+                if iso:
+                    try:
+                        ts = _iso_seconds(chunk[ls:pos + 1])
+                    except ValueError:
+                        yield BadLine(name, line, None, None, chunk[ls:chunk.find("\n", ls)],
+                                      "bad timestamp prefix")
+                        continue
+                elif sep == ":":
                     # PID@SECONDS.MICROS: split by hand, a regex per event costs more.
                     at = chunk.find("@", ls, pos)
                     try:
