@@ -272,8 +272,8 @@ def _final_checks(g: GuestSession, results: dict[str, Any]) -> list[CheckResult]
         for r in results["results"]
         if r.get("fault_iova") is not None and r["verdict"] == "pass"
     ]
-    checks.append(check_faults(iter_events(trace, names=["vtd_dmar_fault", "vtd_frr_new"], trace_events=g.qemu.trace_events), expected,
-                               memory, replay.root, g.machine.console_text()))
+    faults = iter_events(trace, names=["vtd_dmar_fault", "vtd_frr_new"], trace_events=g.qemu.trace_events)
+    checks.append(check_faults(faults, expected, memory, replay.root, g.machine.console_text()))
     for r in results["results"]:
         if r.get("first_touch") and r["verdict"] == "pass":
             pages = [int(p["gva"]) for p in r.get("pages", [])]
