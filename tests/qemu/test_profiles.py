@@ -72,3 +72,26 @@ def test_bad_inputs_are_named(qemu, spec: VmSpec, tmp_path: Path) -> None:  # ty
 
 def test_source_ids_follow_pci_slots() -> None:
     assert sid_of(6) == 0x30 and sid_of(3) == 0x18 and sid_of(0, bus=1) == 0x100
+
+
+@pytest.mark.slow
+def test_lab_command_line_is_accepted_by_this_qemu(qemu, spec: VmSpec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The lab-nested argv, minus what needs the lab (iommufd + vfio-pci, KVM, hugepages),
+    started paused (-S): QEMU must accept every property and answer QMP."""
+    from guest_image.build import ensure_image
+    from harness.qemu.machine import Machine
+
+    image = ensure_image()  # QEMU checks the kernel and initrd it is given
+    hp = tmp_path / "hugepages"
+    hp.mkdir()
+    lab = VmSpec(**{**spec.__dict__, "kernel": image.kernel, "initrd": image.initrd, "rootfs": image.rootfs,
+                    "hugepages_path": hp, "memory_mib": 512})
+    argv = lab_nested(lab, qemu, with_vfio=False)
+    # What this machine lacks, swapped one for one; everything else is the lab's line.
+    argv[argv.index("-accel") + 1] = "tcg"
+    argv[argv.index("-cpu") + 1] = "max,-la57"
+    argv = [a.replace(",prealloc=on", "") for a in argv] + ["-S"]
+    with Machine(argv, tmp_path / "run", console_log=lab.console_log, qmp_socket=lab.qmp_socket) as m:
+        assert m.status() == "prelaunch"
+        iommu = [d for d in m.hmp("info qtree").splitlines() if "intel-iommu" in d]
+        assert iommu, "QEMU did not create the intel-iommu device"
