@@ -1,0 +1,131 @@
+"""One way to run commands and read files on a lab host, local or over SSH (fabric).
+
+Host keys are verified by default: the key must be in the inventory's known_hosts
+file (paramiko's RejectPolicy). `known_hosts_policy = "accept-new-insecure"` is an
+explicit opt-out for throwaway labs, and it is logged. Every connection and every
+command has a timeout. `sysroot` prefixes every /sys, /proc and /dev path the
+preflight reads, so the same code runs against a captured host tree in tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from types import TracebackType
+
+import paramiko
+from fabric import Connection
+from invoke.exceptions import CommandTimedOut
+
+from harness.errors import EnvironmentBroken
+from harness.guest import CommandResult
+from harness.inventory import HostSpec, KnownHostsPolicy
+
+log = logging.getLogger(__name__)
+
+
+class HostUnreachable(EnvironmentBroken):
+    pass
+
+
+class HostKeyRejected(EnvironmentBroken):
+    pass
+
+
+class AuthFailed(EnvironmentBroken):
+    pass
+
+
+class CommandTimeout(EnvironmentBroken):
+    pass
+
+
+class SshTarget:
+    """A lab host over SSH. Use as a context manager."""
+
+    def __init__(self, host: HostSpec, *, sysroot: str | None = None, connect_timeout: float = 15):
+        self.host = host
+        self.sysroot = sysroot if sysroot is not None else os.environ.get("SVMVAL_SYSROOT", "")
+        self.connect_timeout = connect_timeout
+        self.conn: Connection | None = None
+
+    def __enter__(self) -> SshTarget:
+        self.connect()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def _where(self) -> str:
+        return f"host {self.host.name!r} ({self.host.user}@{self.host.address}:{self.host.port})"
+
+    def connect(self) -> None:
+        h = self.host
+        conn = Connection(
+            h.address, user=h.user, port=h.port, connect_timeout=self.connect_timeout,
+            connect_kwargs={
+                "key_filename": str(h.key_file) if h.key_file else None,
+                "look_for_keys": False, "allow_agent": False,
+                "banner_timeout": self.connect_timeout, "auth_timeout": self.connect_timeout,
+            },
+        )
+        client = conn.client
+        if h.known_hosts is not None and h.known_hosts.exists():
+            client.load_host_keys(str(h.known_hosts))
+        if h.known_hosts_policy is KnownHostsPolicy.ACCEPT_NEW_INSECURE:
+            log.warning("%s: host key not verified (known_hosts_policy = accept-new-insecure)", self._where())
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        else:
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            conn.open()
+        except (paramiko.BadHostKeyException, paramiko.SSHException) as exc:
+            if isinstance(exc, paramiko.BadHostKeyException) or "not found in known_hosts" in str(exc):
+                raise HostKeyRejected(
+                    f"{self._where()}: its host key is not the one in {h.known_hosts}: {exc}. "
+                    f"If the host was reinstalled, update known_hosts (ssh-keyscan -p {h.port} {h.address})"
+                ) from None
+            if isinstance(exc, paramiko.AuthenticationException):
+                raise AuthFailed(f"{self._where()}: key {h.key_file} was refused; install its public "
+                                 f"half in the host's authorized_keys") from None
+            raise HostUnreachable(f"{self._where()}: SSH failed: {exc}") from None
+        except (TimeoutError, OSError) as exc:
+            raise HostUnreachable(f"{self._where()}: cannot connect: {exc}; check address, port and "
+                                  f"that sshd runs") from None
+        self.conn = conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def run(self, cmd: str, *, timeout: float = 60) -> CommandResult:
+        if self.conn is None:
+            self.connect()
+        assert self.conn is not None
+        t0 = time.monotonic()
+        try:
+            r = self.conn.run(cmd, hide=True, warn=True, timeout=timeout, in_stream=False)
+        except CommandTimedOut:
+            raise CommandTimeout(f"{self._where()}: `{cmd}` did not finish in {timeout:.0f} s") from None
+        return CommandResult(r.exited, r.stdout, r.stderr, time.monotonic() - t0)
+
+    def path(self, p: str) -> str:
+        return f"{self.sysroot.rstrip('/')}{p}" if self.sysroot else p
+
+    def read_text(self, p: str, *, timeout: float = 30) -> str | None:
+        """A file's contents, or None when it does not exist."""
+        r = self.run(f"cat {self.path(p)!r} 2>/dev/null", timeout=timeout)
+        return r.stdout if r.ok else None
+
+    def listdir(self, p: str) -> list[str]:
+        r = self.run(f"ls -1 {self.path(p)!r} 2>/dev/null")
+        return r.stdout.split() if r.ok else []
+
+    def exists(self, p: str) -> bool:
+        return self.run(f"test -e {self.path(p)!r}").ok
+
+    def readlink(self, p: str) -> str | None:
+        r = self.run(f"readlink {self.path(p)!r}")
+        return r.stdout.strip() if r.ok else None
