@@ -39,3 +39,19 @@ def test_check(local_run: RunOutcome, check_name: str) -> None:
         assert all(c.traffic is Traffic.MODELLED for c in found)
     else:
         assert all(c.traffic is Traffic.REAL for c in found)
+
+
+def test_report_of_the_real_run(local_run: RunOutcome) -> None:
+    import re
+
+    html = (local_run.bundle.path / "report.html").read_text()
+    for r in (local_run.workloads or {}).get("results", []):
+        assert f"<code>{r['name']}</code>" in html
+    for c in local_run.checks:
+        assert c.name in html
+    assert "data:image/png;base64," in html  # at least one plot drawn from this run's data
+    ids = set(re.findall(r'id="([^"]+)"', html))
+    for target in re.findall(r'href="#([^"]+)"', html):
+        assert target in ids, f"link to #{target} resolves to nothing"
+    junit = (local_run.bundle.path / "junit.xml").read_text()
+    assert junit.count("<testcase") == len(local_run.checks) + len((local_run.workloads or {})["results"])

@@ -27,3 +27,9 @@ def test_pte_changed_without_invalidation_is_reported_stale(host: HostSpec, tmp_
     # The guest was put back as it was: the final judgement of the same run is clean.
     final = [c for c in outcome.checks if c.name == "qi-completeness" and c.workload is None]
     assert final and final[0].verdict is Verdict.PASS, final[0].findings[:3]
+    # The report links the stale finding to the trace lines behind it.
+    import re
+
+    html = (outcome.bundle.path / "report.html").read_text()
+    links = re.findall(r'href="#(trace-L\d+)"', html)
+    assert links and all(f'id="{link}"' in html for link in links)
