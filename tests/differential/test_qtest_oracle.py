@@ -100,3 +100,60 @@ def test_scalable_first_stage_agrees_with_qemu() -> None:
             assert qemu_pte & 0x60 == mem.read_u64(leaf) & 0x60, (hex(qemu_pte), hex(mem.read_u64(leaf)))
         _compare_fault(q, model, sid, IOVA_UNMAPPED, False, FaultReason.FS_ENTRY_NOT_PRESENT)
         _compare_fault(q, model, sid, IOVA_RO, True, FaultReason.SM_WRITE_DENIED)
+
+
+IQ_BASE, STATUS = 0x0300_0000, 0x0300_8000
+OTHER_HPA = 0x0400_0000
+
+
+def _submit(q: QtestMachine, model: VtdModel, mem: GuestMemory, tail: int, *descs: tuple[int, int, int, int]) -> int:
+    """Write 256-bit descriptors at the tail in both, then move IQT in both."""
+    for d in descs:
+        at = IQ_BASE + tail * 32
+        raw = b"".join(x.to_bytes(8, "little") for x in d)
+        q.write(at, raw)
+        mem.write(at, raw)
+        tail += 1
+    q.reg_write(0x88, tail << 5, 8)
+    model.write_reg(0x88, tail << 5, 8)
+    return tail
+
+
+def test_missing_invalidation_is_stale_in_both_until_the_covering_one() -> None:
+    from harness.viommu.invalidation import piotlb_desc, wait_desc
+
+    with QtestMachine("caching-mode=on,x-scalable-mode=on,x-flts=on") as q:
+        sid = q.edu_sid
+        mem = GuestMemory(RAM)
+        b = TableBuilder(mem, scalable=True)
+        fs = b.fs_tables(4)
+        b.set_sm_context(sid)
+        b.set_pasid_entry(sid, 0, PasidEntry(p=1, pgtt=Pgtt.FIRST_STAGE, did=1, flptptr=fs.root, aw=2))
+        fs.map(IOVA_SRC, SRC_HPA)
+        leaf = fs.map(IOVA_DST, DST_HPA)
+        model = VtdModel(mem)
+        _program(q, model, b, scalable=True)
+        for unit in (q.reg_write, model.write_reg):  # 256-bit queue, QIE
+            unit(0x88, 0, 8)
+            unit(0x90, IQ_BASE | 1 << 11, 8)
+            unit(0x18, (1 << 31) | (1 << 26), 4)
+        _compare_dma(q, model, sid)  # both now cache IOVA_DST -> DST_HPA
+        # The guest retargets the page and "forgets" to invalidate.
+        new = (mem.read_u64(leaf) & ~0xFFFFFFFFF000) | OTHER_HPA
+        mem.write_u64(leaf, new)
+        q.write(leaf, new.to_bytes(8, "little"))
+        assert model.is_stale(sid, IOVA_DST, write=True)
+        q.write(OTHER_HPA, bytes(4096))
+        q.write(DST_HPA, bytes(4096))
+        q.edu_dma(EDU_BUF, IOVA_DST, 4096, to_ram=True)
+        # QEMU used its stale translation: the data went to the OLD page.
+        assert q.read(DST_HPA, 4096) == PATTERN and q.read(OTHER_HPA, 4096) == bytes(4096)
+        # The covering invalidation, then a wait with a status write: both agree again.
+        tail = _submit(q, model, mem, 0, piotlb_desc(3, did=1, pasid=0, addr=IOVA_DST),
+                       wait_desc(sw=1, status_data=0x600D, status_addr=STATUS))
+        assert q.reg_read(0x80, 8) == model.read_reg(0x80, 8) == tail << 5  # IQH caught up
+        assert int.from_bytes(q.read(STATUS, 4), "little") == mem.read_u32(STATUS) == 0x600D
+        assert not model.is_stale(sid, IOVA_DST, write=True)
+        q.edu_dma(EDU_BUF, IOVA_DST, 4096, to_ram=True)
+        assert q.read(OTHER_HPA, 4096) == PATTERN
+        assert model.translate(sid, IOVA_DST, write=True).address == OTHER_HPA
