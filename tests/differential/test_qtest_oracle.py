@@ -157,3 +157,46 @@ def test_missing_invalidation_is_stale_in_both_until_the_covering_one() -> None:
         q.edu_dma(EDU_BUF, IOVA_DST, 4096, to_ram=True)
         assert q.read(OTHER_HPA, 4096) == PATTERN
         assert model.translate(sid, IOVA_DST, write=True).address == OTHER_HPA
+
+
+def test_divergence_sm_fault_recorded_with_pp_for_requests_without_pasid() -> None:
+    """QEMU 10.0 records PP=1, PV=RID_PASID for a request without PASID; the spec (and
+    the model) record PP=0. If this starts failing, QEMU fixed it: drop the divergence."""
+    from harness.viommu.divergences import BY_ID
+
+    assert "sm-fault-pp-rid-pasid" in BY_ID
+    with QtestMachine("caching-mode=on,x-scalable-mode=on,x-flts=on") as q:
+        sid = q.edu_sid
+        mem = GuestMemory(RAM)
+        b = TableBuilder(mem, scalable=True)
+        fs = b.fs_tables(4)
+        b.set_sm_context(sid)
+        b.set_pasid_entry(sid, 0, PasidEntry(p=1, pgtt=Pgtt.FIRST_STAGE, did=1, flptptr=fs.root, aw=2))
+        fs.map(IOVA_SRC, SRC_HPA)
+        model = VtdModel(mem)
+        _program(q, model, b, scalable=True)
+        q.edu_dma(IOVA_UNMAPPED, EDU_BUF, 4096, to_ram=False)
+        hi = q.reg_read(FRCD + 8, 8)
+        qemu_pp = hi >> 31 & 1
+        model.translate(sid, IOVA_UNMAPPED)
+        spec_pp = model.faults()[0].pp
+    assert (qemu_pp, spec_pp) == (1, 0), f"QEMU PP={qemu_pp}: has QEMU fixed it? model PP={spec_pp}"
+
+
+def test_divergence_iqercd_reads_zero_after_an_invalid_descriptor() -> None:
+    from harness.viommu.divergences import BY_ID
+
+    assert "iqercd-zero" in BY_ID
+    bad = (0x6 | 0 << 4, 0, 0, 0)  # PASID-based IOTLB with reserved granularity G=00
+    with QtestMachine("caching-mode=on,x-scalable-mode=on,x-flts=on") as q:
+        mem = GuestMemory(RAM)
+        model = VtdModel(mem)
+        for unit in (q.reg_write, model.write_reg):
+            unit(0x88, 0, 8)
+            unit(0x90, IQ_BASE | 1 << 11, 8)
+            unit(0x18, 1 << 26, 4)
+        _submit(q, model, mem, 0, bad)
+        assert q.reg_read(FSTS, 4) & 0x10 and model.read_reg(FSTS, 4) & 0x10  # IQE in both
+        assert q.reg_read(0x80, 8) == model.read_reg(0x80, 8) == 0  # IQH stays on it in both
+        assert q.reg_read(0xB0, 8) == 0, "QEMU now reports IQERCD: drop the divergence"
+        assert model.read_reg(0xB0, 8) & 0xF == 4  # IQEI 4: reserved-field violation
