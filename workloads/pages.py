@@ -13,8 +13,14 @@ MAX_PAGES = 64  # per workload: a sample, with the total recorded beside it
 
 def gpa_of(vaddr: int) -> int | None:
     """GPA of the page holding `vaddr`, or None (not present, or not root: the PFN reads 0)."""
+    return physical_address(vaddr)
+
+
+def physical_address(vaddr: int, pid: int | str = "self") -> int | None:
+    """Physical address behind `vaddr` in process `pid`, from /proc/PID/pagemap (root only;
+    in a guest that is a GPA, on the host an HPA)."""
     try:
-        with open("/proc/self/pagemap", "rb") as f:
+        with open(f"/proc/{pid}/pagemap", "rb") as f:
             f.seek((vaddr // PAGE) * 8)
             raw = f.read(8)
     except OSError:
@@ -25,7 +31,7 @@ def gpa_of(vaddr: int) -> int | None:
     pfn = entry & ((1 << 55) - 1)
     if not entry >> 63 or pfn == 0:
         return None
-    return pfn * PAGE
+    return pfn * PAGE + vaddr % PAGE
 
 
 def page_records(base: int, size: int, *, content: bytes | None = None) -> tuple[list[dict[str, Any]], int]:

@@ -17,8 +17,6 @@ Run it while the workload holds its mappings and the guest is paused.
 from __future__ import annotations
 
 import hashlib
-import os
-import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from typing import Any
 from harness.trace.events import DmarTranslate, TraceEvent
 from harness.viommu import GuestMemory, VtdModel
 from reports.bundle import CheckResult, Finding, Traffic, Verdict
+from workloads.pages import physical_address
 
 PAGE = 4096
 
@@ -38,25 +37,6 @@ class HostView:
     gpa2hva: Callable[[int], int]
     gpa2hpa: Callable[[int], int]
     qemu_pid: int
-
-
-def hva_to_hpa(pid: int, hva: int) -> int | None:
-    """Host-physical address of `hva` in process `pid` from /proc/PID/pagemap (root only)."""
-    try:
-        fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        raw = os.pread(fd, 8, (hva // PAGE) * 8)
-    finally:
-        os.close(fd)
-    if len(raw) != 8:
-        return None
-    entry = struct.unpack("<Q", raw)[0]
-    pfn = entry & ((1 << 55) - 1)
-    if not entry >> 63 or pfn == 0:
-        return None
-    return pfn * PAGE + (hva % PAGE)
 
 
 def device_translations(events: Iterable[TraceEvent], sid: int) -> dict[int, tuple[int, int]]:
@@ -108,7 +88,7 @@ def check_translation(
                     problems.append("the bytes at that GPA are not what the workload saw in the page")
             if host is not None:
                 hva = host.gpa2hva(gpa)
-                hpa = hva_to_hpa(host.qemu_pid, hva)
+                hpa = physical_address(hva, host.qemu_pid)
                 qemu_hpa = host.gpa2hpa(gpa)
                 if hpa is not None:
                     counts["hpa_checked"] += 1

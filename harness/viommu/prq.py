@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from enum import Enum, IntEnum
+from enum import Enum
 from typing import TYPE_CHECKING
 
+from .descriptors import ResponseCode
 from .faults import Fault, FaultReason, RequestType
 from .memory import MemoryAccessError
 from .registers import PRS_PPR, PRS_PRO, FaultOutcome, Reg
@@ -27,12 +28,6 @@ if TYPE_CHECKING:
 
 FR = FaultReason
 PRQ_DESC_SIZE = 32
-
-
-class ResponseCode(IntEnum):
-    SUCCESS = 0x0
-    INVALID_REQUEST = 0x1
-    FAILURE = 0xF
 
 
 class PageRequestStatus(Enum):
@@ -126,7 +121,7 @@ class PageGroupResponse:
         try:
             return ResponseCode(self.rc)
         except ValueError:
-            return ResponseCode.FAILURE
+            return ResponseCode.RESPONSE_FAILURE
 
 
 class PageRequestQueue:

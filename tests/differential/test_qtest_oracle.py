@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from harness.qemu.qtest import EDU_BUF, QtestMachine
-from harness.viommu import FaultReason, GuestMemory, PasidEntry, Pgtt, TableBuilder, VtdModel
+from harness.viommu import FaultReason, FsTables, GuestMemory, PasidEntry, Pgtt, TableBuilder, VtdModel
 
 RAM = 512 << 20
 FSTS, FRCD = 0x34, 0x220  # QEMU: FRO = 0x22, one fault recording register
@@ -37,6 +37,16 @@ def _fault_record(q: QtestMachine) -> tuple[int, int] | None:
 def _clear_faults(q: QtestMachine) -> None:
     q.reg_write(FRCD + 12, 1 << 31, 4)  # FRCD.F is RW1C
     q.reg_write(FSTS, 0x7F, 4)
+
+
+def _first_stage_rig(sid: int) -> tuple[GuestMemory, TableBuilder, FsTables]:
+    """Scalable mode, RID_PASID 0 with first-stage tables (how Linux maps DMA under x-flts)."""
+    mem = GuestMemory(RAM)
+    b = TableBuilder(mem, scalable=True)
+    fs = b.fs_tables(4)
+    b.set_sm_context(sid)
+    b.set_pasid_entry(sid, 0, PasidEntry(p=1, pgtt=Pgtt.FIRST_STAGE, did=1, flptptr=fs.root, aw=2))
+    return mem, b, fs
 
 
 def _compare_dma(q: QtestMachine, model: VtdModel, sid: int) -> None:
@@ -83,11 +93,7 @@ def test_legacy_second_stage_agrees_with_qemu() -> None:
 def test_scalable_first_stage_agrees_with_qemu() -> None:
     with QtestMachine("caching-mode=on,x-scalable-mode=on,x-flts=on") as q:
         sid = q.edu_sid
-        mem = GuestMemory(RAM)
-        b = TableBuilder(mem, scalable=True)
-        fs = b.fs_tables(4)
-        b.set_sm_context(sid)
-        b.set_pasid_entry(sid, 0, PasidEntry(p=1, pgtt=Pgtt.FIRST_STAGE, did=1, flptptr=fs.root, aw=2))
+        mem, b, fs = _first_stage_rig(sid)
         leaf_src = fs.map(IOVA_SRC, SRC_HPA)
         leaf_dst = fs.map(IOVA_DST, DST_HPA)
         fs.map(IOVA_RO, DST_HPA, writable=False)
@@ -124,11 +130,7 @@ def test_missing_invalidation_is_stale_in_both_until_the_covering_one() -> None:
 
     with QtestMachine("caching-mode=on,x-scalable-mode=on,x-flts=on") as q:
         sid = q.edu_sid
-        mem = GuestMemory(RAM)
-        b = TableBuilder(mem, scalable=True)
-        fs = b.fs_tables(4)
-        b.set_sm_context(sid)
-        b.set_pasid_entry(sid, 0, PasidEntry(p=1, pgtt=Pgtt.FIRST_STAGE, did=1, flptptr=fs.root, aw=2))
+        mem, b, fs = _first_stage_rig(sid)
         fs.map(IOVA_SRC, SRC_HPA)
         leaf = fs.map(IOVA_DST, DST_HPA)
         model = VtdModel(mem)
@@ -167,11 +169,7 @@ def test_divergence_sm_fault_recorded_with_pp_for_requests_without_pasid() -> No
     assert "sm-fault-pp-rid-pasid" in BY_ID
     with QtestMachine("caching-mode=on,x-scalable-mode=on,x-flts=on") as q:
         sid = q.edu_sid
-        mem = GuestMemory(RAM)
-        b = TableBuilder(mem, scalable=True)
-        fs = b.fs_tables(4)
-        b.set_sm_context(sid)
-        b.set_pasid_entry(sid, 0, PasidEntry(p=1, pgtt=Pgtt.FIRST_STAGE, did=1, flptptr=fs.root, aw=2))
+        mem, b, fs = _first_stage_rig(sid)
         fs.map(IOVA_SRC, SRC_HPA)
         model = VtdModel(mem)
         _program(q, model, b, scalable=True)

@@ -181,7 +181,7 @@ def test_reserved_response_code_is_a_descriptor_error(pr, rc: int) -> None:  # t
 def test_direct_response_with_reserved_code_is_flagged(pr) -> None:  # type: ignore[no-untyped-def]
     pr.model.page_request(SID, 0x1000, pasid=PASID, prgi=1)
     r = pr.model.prq.respond(rid=SID, pasid=PASID, prgi=1, rc=5, lpig=True)
-    assert r.rc_reserved and r.matched and r.code.name == "FAILURE"
+    assert r.rc_reserved and r.matched and r.code.name == "RESPONSE_FAILURE"
 
 
 def test_response_without_prs_is_invalid_descriptor(rig_factory) -> None:  # type: ignore[no-untyped-def]
