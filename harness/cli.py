@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -62,9 +63,8 @@ def preflight(ctx: click.Context, host_name: str) -> None:
     if host.is_local:
         verdicts = run_local_preflight(host.qemu)
     else:
-        from host_setup.preflight import run_preflight
-
         from harness.remote import SshTarget
+        from host_setup.preflight import run_preflight
 
         with SshTarget(host) as target:
             verdicts = run_preflight(target, host)
@@ -84,13 +84,11 @@ def run_cmd(ctx: click.Context, host_name: str, artifacts: str, workloads: tuple
     from harness.run import run_local
 
     host = load_inventory(ctx.obj["inventory"]).get(host_name)
-    if not host.is_local:
-        raise click.UsageError(
-            f"{host_name!r} is a lab host: run it with `pytest --host {host_name}` (lab runs go "
-            f"through host_setup's provisioning)"
-        )
+    from host_setup.lab_run import run_lab
+
+    run: Callable[..., Any] = run_local if host.is_local else run_lab
     with console.status("starting") as status:
-        outcome = run_local(
+        outcome = run(
             host, Path(artifacts), workloads=list(workloads) or None,
             say=lambda msg: _progress(status, msg),
         )
@@ -105,6 +103,23 @@ def run_cmd(ctx: click.Context, host_name: str, artifacts: str, workloads: tuple
     console.print(f"verdict: [bold]{mf.verdict.value.upper()}[/] in {mf.durations.get('total_s', 0)} s "
                   f"(bundle {outcome.bundle.path})")
     ctx.exit(0 if outcome.ok else 1)
+
+
+@cli.command()
+@click.option("--host", "host_name", required=True)
+@click.pass_context
+def restore(ctx: click.Context, host_name: str) -> None:
+    """Put a lab host back (device driver, hugepages, QEMU, lock) from the journal a run
+    that died left there."""
+    from harness.remote import SshTarget
+    from host_setup.provision import restore_host
+
+    host = load_inventory(ctx.obj["inventory"]).get(host_name)
+    if host.is_local:
+        raise click.UsageError("the local lab changes nothing on this machine: there is nothing to restore")
+    with SshTarget(host) as target:
+        done = restore_host(target, host)
+    console.print(f"{host_name}: " + (", ".join(done) if done else "nothing to restore (no lock, no journal)"))
 
 
 def _progress(status: Any, msg: str) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import shlex
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import paramiko
 
@@ -30,7 +32,18 @@ class CommandResult:
 
 
 class GuestChannel:
-    def __init__(self, host: str, port: int, key_file: Path, host_key_pub: Path, user: str = "root"):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        key_file: Path,
+        host_key_pub: Path,
+        user: str = "root",
+        via: Callable[[], Any] | None = None,
+    ):
+        """`via` opens the socket to use instead of dialling host:port (a channel through
+        a lab host's SSH connection to the forward QEMU listens on there)."""
+        self.via = via
         self.host, self.port, self.user = host, port, user
         self.key_file = key_file
         self.host_key_pub = host_key_pub
@@ -65,6 +78,7 @@ class GuestChannel:
                     look_for_keys=False,
                     allow_agent=False,
                     timeout=10,
+                    sock=self.via() if self.via else None,
                     banner_timeout=30,
                     auth_timeout=30,
                 )
@@ -115,6 +129,11 @@ class GuestChannel:
             code = chan.recv_exit_status()
         finally:
             chan.close()
+        if code == -1:  # the session closed without an exit status
+            raise GuestError(
+                f"the guest stopped answering during `{cmd[:200]}`: its SSH session closed without an exit "
+                f"status (did QEMU or the guest die? see console.log and qemu.stderr in the run's vm/ folder)"
+            )
         return CommandResult(code, out.decode(errors="replace"), err.decode(errors="replace"), time.monotonic() - t0)
 
     def put(self, local: Path, remote: str) -> None:

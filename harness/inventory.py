@@ -63,6 +63,7 @@ class HostSpec:
     hugepages: int = 0  # 2 MiB pages to reserve for guest RAM
     nesting: Nesting = Nesting.NONE
     workdir: str = "/var/tmp/svmval"  # remote directory for images and run files
+    sysroot: str = ""  # read /sys, /proc and /dev under this directory (captured host trees)
     source: Path | None = None  # the inventory file it came from
 
     @property
@@ -116,6 +117,7 @@ _FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "hugepages": (int, False),
     "nesting": (str, False),
     "workdir": (str, False),
+    "sysroot": (str, False),
 }
 
 
@@ -315,6 +317,7 @@ def _parse_host(name: str, table: dict[str, Any], source: Path) -> tuple[HostSpe
             hugepages=hugepages,
             nesting=nesting,
             workdir=table.get("workdir", "/var/tmp/svmval"),
+            sysroot=table.get("sysroot", ""),
             source=source,
         ),
         [],

@@ -3,15 +3,18 @@
 Host keys are verified by default: the key must be in the inventory's known_hosts
 file (paramiko's RejectPolicy). `known_hosts_policy = "accept-new-insecure"` is an
 explicit opt-out for throwaway labs, and it is logged. Every connection and every
-command has a timeout. `sysroot` prefixes every /sys, /proc and /dev path the
-preflight reads, so the same code runs against a captured host tree in tests.
+command has a timeout. The host's `sysroot` prefixes every /sys, /proc and /dev path
+preflight and provisioning touch, so the same code runs against a captured host tree.
+A dropped connection is `HostUnreachable`; `reconnect()` tries again for a while, so
+restore can still run after a network blip.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import shlex
 import time
+from pathlib import Path
 from types import TracebackType
 
 import paramiko
@@ -41,12 +44,16 @@ class CommandTimeout(EnvironmentBroken):
     pass
 
 
+class ConnectionLost(HostUnreachable):
+    pass
+
+
 class SshTarget:
     """A lab host over SSH. Use as a context manager."""
 
-    def __init__(self, host: HostSpec, *, sysroot: str | None = None, connect_timeout: float = 15):
+    def __init__(self, host: HostSpec, *, connect_timeout: float = 15):
         self.host = host
-        self.sysroot = sysroot if sysroot is not None else os.environ.get("SVMVAL_SYSROOT", "")
+        self.sysroot = host.sysroot
         self.connect_timeout = connect_timeout
         self.conn: Connection | None = None
 
@@ -100,6 +107,28 @@ class SshTarget:
             self.conn.close()
             self.conn = None
 
+    def reconnect(self, *, within: float = 60) -> None:
+        """Drop the old session and connect again, retrying until `within` seconds pass."""
+        self.close()
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                self.connect()
+                return
+            except (HostKeyRejected, AuthFailed):
+                raise
+            except HostUnreachable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+
+    @property
+    def transport(self) -> paramiko.Transport:
+        if self.conn is None:
+            self.connect()
+        assert self.conn is not None and self.conn.transport is not None
+        return self.conn.transport
+
     def run(self, cmd: str, *, timeout: float = 60) -> CommandResult:
         if self.conn is None:
             self.connect()
@@ -109,10 +138,49 @@ class SshTarget:
             r = self.conn.run(cmd, hide=True, warn=True, timeout=timeout, in_stream=False)
         except CommandTimedOut:
             raise CommandTimeout(f"{self._where()}: `{cmd}` did not finish in {timeout:.0f} s") from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            self.close()
+            why = str(exc) or type(exc).__name__
+            raise ConnectionLost(f"{self._where()}: lost the SSH connection during `{cmd}`: {why}") from None
+        if r.exited == -1:  # the channel closed without an exit status: the connection went
+            self.close()
+            raise ConnectionLost(f"{self._where()}: lost the SSH connection during `{cmd}` (no exit status)")
         return CommandResult(r.exited, r.stdout, r.stderr, time.monotonic() - t0)
 
+    def check(self, cmd: str, *, timeout: float = 60) -> str:
+        """Run `cmd`; its stdout, or EnvironmentBroken naming the command and its stderr."""
+        r = self.run(cmd, timeout=timeout)
+        if not r.ok:
+            raise EnvironmentBroken(f"{self._where()}: `{cmd}` failed (exit {r.exit_code}): {r.stderr.strip()[-500:]}")
+        return r.stdout
+
+    def write_text(self, p: str, text: str, *, timeout: float = 30) -> None:
+        """Write `text` to a host file (a sysfs attribute, a journal) as the shell's `>` does."""
+        self.check(f"printf %s {shlex.quote(text)} > {shlex.quote(self.path(p))}", timeout=timeout)
+
+    def put(self, local: Path, remote: str) -> None:
+        if self.conn is None:
+            self.connect()
+        assert self.conn is not None
+        try:
+            self.conn.put(str(local), remote)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise ConnectionLost(f"{self._where()}: copying {local} to {remote} failed: {exc}") from None
+
+    def get(self, remote: str, local: Path) -> None:
+        if self.conn is None:
+            self.connect()
+        assert self.conn is not None
+        try:
+            self.conn.get(remote, str(local))
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise ConnectionLost(f"{self._where()}: fetching {remote} failed: {exc}") from None
+
     def path(self, p: str) -> str:
-        return f"{self.sysroot.rstrip('/')}{p}" if self.sysroot else p
+        """Where a host path is read: /sys, /proc and /dev under the sysroot, if any."""
+        if self.sysroot and p.startswith(("/sys/", "/proc/", "/dev/")):
+            return f"{self.sysroot.rstrip('/')}{p}"
+        return p
 
     def read_text(self, p: str, *, timeout: float = 30) -> str | None:
         """A file's contents, or None when it does not exist."""

@@ -115,24 +115,31 @@ def run_local(
             mf.durations["boot_s"] = round(time.monotonic() - t0, 1)
             mf.qemu = g.qemu.describe()
             bundle.save()
-            results, checks = _in_guest(g, bundle, workloads, say, seed_stale_pte)
+            results, checks = run_in_guest(g, bundle, workloads, say, seed_stale_pte)
         mf.durations["vm_s"] = round(time.monotonic() - t0, 1)
     except SvmvalError as exc:
         mf.error = str(exc)
         say(f"run could not complete: {exc}")
     finally:
-        _collect_vm_files(bundle)
-        if results is not None:
-            bundle.add_json("workloads", "workloads.json", results)
-            mf.device = results.get("device", {})
-        bundle.write_checks(checks)
-        _finish(bundle, results, checks, time.monotonic() - t_start)
+        close_run(bundle, results, checks, t_start)
     return RunOutcome(bundle, checks, results)
 
 
-def _in_guest(
-    g: GuestSession, bundle: Bundle, names: list[str] | None, say: Say, seed_stale_pte: bool
+def close_run(bundle: Bundle, results: dict[str, Any] | None, checks: list[CheckResult], t_start: float) -> None:
+    """Whatever happened: register the VM's files, the results and checks, the verdict, the report."""
+    collect_vm_files(bundle)
+    if results is not None:
+        bundle.add_json("workloads", "workloads.json", results)
+        bundle.manifest.device = results.get("device", {})
+    bundle.write_checks(checks)
+    finish_bundle(bundle, results, checks, time.monotonic() - t_start)
+
+
+def run_in_guest(
+    g: Any, bundle: Bundle, names: list[str] | None, say: Say, seed_stale_pte: bool = False, *, hold: bool = True
 ) -> tuple[dict[str, Any], list[CheckResult]]:
+    """Workloads and checks in a booted guest: a local GuestSession, or a lab host's
+    RemoteSession (`hold=False`: the held GVA->HPA check needs QMP on this machine)."""
     ch = g.channel
     say("uploading workloads")
     ch.run(f"rm -rf {GUEST_WORKDIR}/workloads {HOLD_DIR} && mkdir -p {GUEST_WORKDIR} {HOLD_DIR}")
@@ -145,12 +152,12 @@ def _in_guest(
     checks: list[CheckResult] = []
     parts: list[dict[str, Any]] = []
 
-    if HOLD_WORKLOAD in selected:
+    if hold and HOLD_WORKLOAD in selected:
         say(f"{HOLD_WORKLOAD}: DMA through the vIOMMU, checked while the buffers are mapped")
         part, hold_checks = _held_run(g, bundle, seed_stale_pte)
         parts.append(part)
         checks += hold_checks
-    rest = [n for n in selected if n != HOLD_WORKLOAD]
+    rest = [n for n in selected if n != HOLD_WORKLOAD or not hold]
     if rest:
         say(f"running {len(rest)} workloads in the guest")
         r = ch.run(
@@ -260,19 +267,19 @@ def _held_qi_check(g: GuestSession, held: dict[str, Any], seed_stale_pte: bool) 
     return dataclasses.replace(result, workload=f"{HOLD_WORKLOAD} (held)")
 
 
-def _final_checks(g: GuestSession, results: dict[str, Any]) -> list[CheckResult]:
-    trace = g.spec.trace_log
+def _final_checks(g: Any, results: dict[str, Any]) -> list[CheckResult]:
+    trace, fmt = g.trace_file(), g.trace_format()
     memory = g.machine.guest_memory()
     t0 = time.monotonic()
     replay = QiReplay()
-    replay.feed(iter_events(trace, trace_events=g.qemu.trace_events))
+    replay.feed(iter_events(trace, trace_events=fmt))
     checks = [replay.finish(memory, started=t0)]
     expected = [
         ExpectedFault(r["name"], int(r["sid"]), int(r["fault_iova"]), False)
         for r in results["results"]
         if r.get("fault_iova") is not None and r["verdict"] == "pass"
     ]
-    faults = iter_events(trace, names=["vtd_dmar_fault", "vtd_frr_new"], trace_events=g.qemu.trace_events)
+    faults = iter_events(trace, names=["vtd_dmar_fault", "vtd_frr_new"], trace_events=fmt)
     checks.append(check_faults(faults, expected, memory, replay.root, g.machine.console_text()))
     for r in results["results"]:
         if r.get("first_touch") and r["verdict"] == "pass":
@@ -289,7 +296,7 @@ def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _collect_vm_files(bundle: Bundle) -> None:
+def collect_vm_files(bundle: Bundle) -> None:
     vm = bundle.path / "vm"
     for role, name in (("trace", "trace.log"), ("console", "console.log"), ("qemu-stderr", "qemu.stderr"),
                        ("cmdline", "cmdline.txt")):
@@ -300,7 +307,9 @@ def _collect_vm_files(bundle: Bundle) -> None:
     bundle.save()
 
 
-def _finish(bundle: Bundle, results: dict[str, Any] | None, checks: list[CheckResult], elapsed: float) -> None:
+def finish_bundle(
+    bundle: Bundle, results: dict[str, Any] | None, checks: list[CheckResult], elapsed: float
+) -> None:
     mf = bundle.manifest
     counts = {"pass": 0, "fail": 0, "skip": 0, "error": 0}
     for r in (results or {}).get("results", []):

@@ -73,16 +73,22 @@ def _device(t: SshTarget, host: HostSpec) -> list[Verdict]:
     group = (t.readlink(f"{base}/iommu_group") or "").rsplit("/", 1)[-1]
     members = t.listdir(f"/sys/kernel/iommu_groups/{group}/devices") if group else []
     alone = members == [host.device]
+    if not group:
+        grouping = Verdict("device IOMMU group", False, "none: the device is not behind an enabled IOMMU",
+                           "boot the host with intel_iommu=on,sm_on (and VT-d on in the firmware)")
+    else:
+        grouping = Verdict("device IOMMU group", alone, f"group {group}: {', '.join(members) or 'none'}",
+                           "" if alone else "the device shares its group: assign the whole group or move the card")
     driver = (t.readlink(f"{base}/driver") or "none").rsplit("/", 1)[-1]
     lspci = t.run(f"lspci -vvv -s {host.device}").stdout
-    caps = {name: name in lspci for name in ("Process Address Space ID", "Address Translation Service",
-                                              "Page Request Interface")}
+    caps = {short: long in lspci for short, long in (("PASID", "Process Address Space ID"),
+                                                     ("ATS", "Address Translation Service"),
+                                                     ("PRI", "Page Request Interface"))}
     return [
-        Verdict("device IOMMU group", alone, f"group {group or '?'}: {', '.join(members) or 'none'}",
-                "" if alone else "the device shares its group: assign the whole group or move the card"),
+        grouping,
         Verdict("device driver", None, driver),
         Verdict("device PASID/ATS/PRI", all(caps.values()),
-                ", ".join(f"{k.split()[0]}{'' if v else ' missing'}" for k, v in caps.items()),
+                ", ".join(f"{k}{'' if v else ' missing'}" for k, v in caps.items()),
                 "" if all(caps.values()) else "SVM needs a device with PASID, ATS and PRI"),
     ]
 

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,16 +96,22 @@ def probe_qemu(binary: str = "qemu-system-x86_64") -> QemuInfo:
 
 @functools.lru_cache(maxsize=8)
 def _probe(path: str, _mtime: int) -> QemuInfo:
-    text = _run(path, "--version").splitlines()[0]
+    return parse_probe(path, lambda *args: _run(path, *args))
+
+
+def parse_probe(path: str, run: Callable[..., str]) -> QemuInfo:
+    """What a QEMU binary offers, from its help output; `run(*args)` returns its stdout
+    (locally, or on a lab host over SSH)."""
+    text = run("--version").splitlines()[0]
     m = re.search(r"version (\d+)\.(\d+)\.(\d+)", text)
     if m is None:
         raise QemuProbeError(f"{path}: cannot read a version from {text!r}")
     version = (int(m[1]), int(m[2]), int(m[3]))
     accels = frozenset(
-        line.strip() for line in _run(path, "-accel", "help").splitlines()[1:] if line.strip()
+        line.strip() for line in run("-accel", "help").splitlines()[1:] if line.strip()
     )
     props = frozenset(
-        m[1] for m in re.finditer(r"^\s+([a-z0-9-]+)=", _run(path, "-device", "intel-iommu,help"), re.M)
+        m[1] for m in re.finditer(r"^\s+([a-z0-9-]+)=", run("-device", "intel-iommu,help"), re.M)
     )
-    devices = frozenset(m[1] for m in re.finditer(r'name "([^"]+)"', _run(path, "-device", "help")))
+    devices = frozenset(m[1] for m in re.finditer(r'name "([^"]+)"', run("-device", "help")))
     return QemuInfo(path, version, text, accels, props, devices)

@@ -62,6 +62,9 @@ class VmSpec:
     hugepages_path: Path = Path("/dev/hugepages")
     extra_trace_events: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    # False when QEMU runs on a lab host: paths are the host's, so they are not checked
+    # here and the caller sends the trace-events file (trace_events_text) over.
+    local: bool = True
 
     @property
     def ram_path(self) -> Path:
@@ -109,9 +112,13 @@ TRACE_EVENTS = (
 )
 
 
+def trace_events_text(spec: VmSpec) -> str:
+    return "\n".join((*TRACE_EVENTS, *spec.extra_trace_events)) + "\n"
+
+
 def _check_files(spec: VmSpec, *paths: Path) -> None:
     for p in paths:
-        if not p.exists():
+        if spec.local and not p.exists():
             raise ConfigError(f"VM input {p} does not exist; build the guest image (`svmval image build`)")
     if spec.memory_mib < 512:
         raise ConfigError(f"guest memory {spec.memory_mib} MiB is too small; use >= 512")
@@ -144,7 +151,8 @@ def _iommu_device(info: QemuInfo, *, nested: bool) -> str:
 
 
 def _common(spec: VmSpec, info: QemuInfo) -> list[str]:
-    spec.trace_events.write_text("\n".join((*TRACE_EVENTS, *spec.extra_trace_events)) + "\n")
+    if spec.local:
+        spec.trace_events.write_text(trace_events_text(spec))
     return [
         info.binary,
         "-name", "svmval-guest",

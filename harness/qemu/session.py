@@ -29,6 +29,14 @@ class GuestSession:
     image: GuestImage
     boot_s: float  # guest uptime when it printed the ready marker
 
+    def trace_file(self) -> Path:
+        """The vtd_* trace as written so far (pause the guest first for a settled view)."""
+        return self.spec.trace_log
+
+    def trace_format(self) -> Path:
+        """This QEMU's trace-events-all, to read the trace with."""
+        return self.qemu.trace_events
+
 
 def pocl_cache_disk(image: GuestImage) -> Path:
     """A persistent ext4 disk for PoCL's kernel cache, one per image: LLVM under TCG

@@ -20,8 +20,8 @@ class Sshd:
     known_hosts: Path
     dir: Path
 
-    def inventory(self, name: str = "sshtest", **fields: str) -> Path:
-        extra = "".join(f'{k} = "{v}"\n' for k, v in fields.items())
+    def inventory(self, name: str = "sshtest", **fields: str | int) -> Path:
+        extra = "".join(f'{k} = {v if isinstance(v, int) else chr(34) + v + chr(34)}\n' for k, v in fields.items())
         path = self.dir / "labs.toml"
         path.write_text(
             f'[hosts.{name}]\naddress = "127.0.0.1"\nport = {self.port}\nuser = "root"\n'
@@ -37,7 +37,8 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_sshd(tmp: Path) -> Iterator[Sshd]:
+def running_sshd(tmp: Path, *, path_prefix: Path | None = None) -> Iterator[Sshd]:
+    """`path_prefix` goes first on the PATH of every session (a fake host's commands)."""
     tmp.mkdir(parents=True, exist_ok=True)
     os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
     for name in ("host", "client"):
@@ -49,6 +50,9 @@ def running_sshd(tmp: Path) -> Iterator[Sshd]:
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp / 'host'}\nPidFile {tmp / 'sshd.pid'}\n"
         f"AuthorizedKeysFile {tmp / 'authorized_keys'}\nStrictModes no\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\n"
+        "Subsystem sftp /usr/lib/openssh/sftp-server\n"
+        + (f"SetEnv PATH={path_prefix}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+           if path_prefix else "")
     )
     host_pub = (tmp / "host.pub").read_text().split()
     (tmp / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
