@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +44,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="directory for run artefacts: consoles, traces, results (default: ./artifacts)",
     )
     group.addoption(
+        "--workload",
+        action="append",
+        dest="svmval_workloads",
+        metavar="NAME",
+        help="lab runs: run only this workload (repeatable; default: the whole catalog)",
+    )
+    group.addoption(
         "--require-hardware",
         action="store_true",
         dest="svmval_require_hardware",
@@ -55,6 +63,13 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "hardware: needs a real PASID-capable device on a lab host (skipped on local)"
     )
     config.addinivalue_line("markers", "slow: boots a VM or builds an image (minutes)")
+    # One worker per lab host (the xdist_group marks below) needs xdist's loadgroup;
+    # a plain `-n N` would mean "load" and could split one host's tests across workers.
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadgroup"
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and workerinput.get("svmval_loadgroup"):
+        config.option.loadgroup = True  # workers parse the bare command line again
     try:
         inventory = load_inventory(config.getoption("svmval_inventory"))
         names = config.getoption("svmval_hosts") or [LOCAL]
@@ -66,6 +81,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_INVENTORY_KEY] = inventory
     config.stash[_HOSTS_KEY] = hosts
     config.stash[_ARTIFACTS_KEY] = Path(config.getoption("svmval_artifacts")).resolve()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist, on the controller: tell each worker to group tests by host."""
+    node.workerinput["svmval_loadgroup"] = node.config.option.dist == "loadgroup"
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -84,9 +105,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("lab_host", hosts, ids=[h.name for h in hosts], scope="session")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # With pytest-xdist (`-n N --dist loadgroup`) every test of one lab host runs on
-    # one worker: a host's device and lock are never shared between workers.
+    # With pytest-xdist (`-n N`) every test of one lab host runs on one worker: a
+    # host's device and lock are never shared between workers.
     for item in items:
         host = _item_host(item, config)
         if host is not None:

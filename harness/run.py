@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shlex
 import time
 from collections.abc import Callable
@@ -71,9 +72,11 @@ def new_bundle(artifacts: Path, host: HostSpec) -> Bundle:
         git=git_revision(),
     )
     bundle = Bundle.create(artifacts / "runs" / run_id, manifest)
-    latest = artifacts / "latest"
-    latest.unlink(missing_ok=True)
-    latest.symlink_to(bundle.path.relative_to(artifacts))
+    # Runs on several hosts at once share the folder: swap the link in atomically.
+    tmp = artifacts / f".latest-{run_id}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(bundle.path.relative_to(artifacts))
+    os.replace(tmp, artifacts / "latest")
     return bundle
 
 
