@@ -57,7 +57,7 @@ class HostSpec:
     device: str | None = None  # PCI BDF of the SVM device to assign
     device_vendor: str | None = None  # expected OpenCL vendor substring, e.g. "Intel"
     icd: str | None = None  # Debian ICD package the guest needs, e.g. intel-opencl-icd
-    qemu: str = "qemu-system-x86_64"
+    qemu: str = "qemu-system-x86_64"  # lab: the host's binary; local: also "newest" or "sid"
     guest_memory_mib: int = 2048
     guest_cpus: int = 2
     hugepages: int = 0  # 2 MiB pages to reserve for guest RAM
@@ -97,7 +97,8 @@ class HostSpec:
         return self.device is not None
 
 
-LOCAL_HOST = HostSpec(name=LOCAL, kind=HostKind.LOCAL, guest_memory_mib=2048, guest_cpus=2)
+# The local lab runs the newest QEMU it can get (sid's 11.x, else the system's 10.0).
+LOCAL_HOST = HostSpec(name=LOCAL, kind=HostKind.LOCAL, qemu="newest", guest_memory_mib=2048, guest_cpus=2)
 
 # field name -> (python type accepted in TOML, required for ssh hosts)
 _FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
@@ -311,7 +312,7 @@ def _parse_host(name: str, table: dict[str, Any], source: Path) -> tuple[HostSpe
             device=device,
             device_vendor=table.get("device_vendor"),
             icd=table.get("icd"),
-            qemu=table.get("qemu", "qemu-system-x86_64"),
+            qemu=table.get("qemu", "newest" if kind is HostKind.LOCAL else "qemu-system-x86_64"),
             guest_memory_mib=mem,
             guest_cpus=cpus,
             hugepages=hugepages,

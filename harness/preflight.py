@@ -152,12 +152,12 @@ def check_sid_qemu() -> Verdict:
 
     sid = cached_sid_qemu()
     if sid is None:
-        return Verdict("QEMU 11 from sid", None, "not installed",
-                       "`svmval qemu install-sid`, then qemu = \"sid\" in [hosts.local]: svm=on, PRS, iommu-testdev")
-    return Verdict("QEMU 11 from sid", None, f"installed ({sid}); select it with qemu = \"sid\" in [hosts.local]")
+        return Verdict("QEMU 11 from sid", None, "not installed (the local lab fetches it on its first run)",
+                       "`svmval qemu install-sid`: svm=on, PRS, iommu-testdev")
+    return Verdict("QEMU 11 from sid", None, f"installed ({sid}); the local lab's default (qemu = \"newest\")")
 
 
-def run_local_preflight(qemu: str = "qemu-system-x86_64") -> list[Verdict]:
+def run_local_preflight(qemu: str = "newest") -> list[Verdict]:
     from harness.qemu.sid import local_qemu
 
     chosen = local_qemu(qemu)

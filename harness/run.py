@@ -96,7 +96,8 @@ def run_local(
     t_start = time.monotonic()
     try:
         say("preflight")
-        verdicts = run_local_preflight(host.qemu)
+        qemu = local_qemu(host.qemu, say)
+        verdicts = run_local_preflight(qemu)
         bundle.add_json("preflight", "preflight.json", [v.__dict__ for v in verdicts])
         failed = [v for v in verdicts if v.failed]
         if failed:
@@ -112,7 +113,6 @@ def run_local(
         }
         vm_dir = bundle.path / "vm"
         t0 = time.monotonic()
-        qemu = local_qemu(host.qemu)
         with local_guest(image, vm_dir, memory_mib=host.guest_memory_mib, cpus=host.guest_cpus,
                          qemu_binary=qemu, say=say) as g:
             mf.durations["boot_s"] = round(time.monotonic() - t0, 1)

@@ -92,6 +92,12 @@ class VmSpec:
         return self.run_dir / "trace-events"
 
 
+# QEMU >= 10.1 drains every block device when one virtio-blk starts or stops its
+# ioeventfd, and the drain kicks every other virtio-blk's queues: a disk Linux has
+# not reset yet then DMAs from the rings SeaBIOS left, through a vIOMMU that never
+# mapped them (fault 0x71 at probe). Without ioeventfd there is no kick.
+BLK_OPTS = "iommu_platform=on,ioeventfd=off"
+
 # Interrupt remapping is most of a vtd_* trace and none of what the checks judge.
 TRACE_EVENTS = (
     "vtd_inv_*",
@@ -189,7 +195,7 @@ def local_emulated(spec: VmSpec, info: QemuInfo) -> list[str]:
         "-object", f"memory-backend-file,id=ram0,size={spec.memory_mib}M,mem-path={spec.ram_path},share=on",
         "-device", _iommu_device(info, nested=False),
         "-drive", f"if=none,id=root,file={spec.rootfs},format=raw,snapshot=on",
-        "-device", f"virtio-blk-pci-non-transitional,drive=root,iommu_platform=on,addr={SLOT_DISK:#x}",
+        "-device", f"virtio-blk-pci-non-transitional,drive=root,{BLK_OPTS},addr={SLOT_DISK:#x}",
         "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
         "-device", f"virtio-net-pci-non-transitional,netdev=net0,iommu_platform=on,addr={SLOT_NET:#x}",
         "-device", f"virtio-rng-pci-non-transitional,iommu_platform=on,addr={SLOT_RNG:#x}",
@@ -200,7 +206,7 @@ def local_emulated(spec: VmSpec, info: QemuInfo) -> list[str]:
     if spec.cache_disk is not None:
         argv += [
             "-drive", f"if=none,id=cache,file={spec.cache_disk},format=raw",
-            "-device", f"virtio-blk-pci-non-transitional,drive=cache,iommu_platform=on,addr={SLOT_CACHE:#x}",
+            "-device", f"virtio-blk-pci-non-transitional,drive=cache,{BLK_OPTS},addr={SLOT_CACHE:#x}",
         ]
     if info.has_device("iommu-testdev"):
         argv += ["-device", "iommu-testdev"]
@@ -225,7 +231,7 @@ def lab_nested(spec: VmSpec, info: QemuInfo, *, with_vfio: bool = True) -> list[
         f"memory-backend-file,id=ram0,size={spec.memory_mib}M,mem-path={ram},share=on,prealloc=on",
         "-device", _iommu_device(info, nested=True),
         "-drive", f"if=none,id=root,file={spec.rootfs},format=raw,snapshot=on",
-        "-device", f"virtio-blk-pci-non-transitional,drive=root,iommu_platform=on,addr={SLOT_DISK:#x}",
+        "-device", f"virtio-blk-pci-non-transitional,drive=root,{BLK_OPTS},addr={SLOT_DISK:#x}",
         "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
         "-device", f"virtio-net-pci-non-transitional,netdev=net0,iommu_platform=on,addr={SLOT_NET:#x}",
         # The assigned device sits on its own root port: upstream refuses it behind a bridge.

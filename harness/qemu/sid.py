@@ -9,6 +9,7 @@ PRS in ECAP, PASID-cache trace events and `iommu-testdev`.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import tempfile
@@ -19,6 +20,8 @@ from guest_image.resolve import debian_mirror
 from harness.errors import EnvironmentBroken
 from harness.paths import cache_dir
 from harness.qemu.probe import QemuProbeError, probe_qemu
+
+log = logging.getLogger(__name__)
 
 SUITE = "sid"
 WRAPPER = "qemu-system-x86_64"
@@ -90,11 +93,21 @@ def ensure_sid_qemu(say: Callable[[str], None] = lambda _m: None, *, force: bool
 
 
 SID = "sid"  # an inventory's `qemu = "sid"` selects this build
+NEWEST = "newest"  # the local lab's default: sid's build, else the system QEMU
+SYSTEM = "qemu-system-x86_64"
 
 
-def local_qemu(qemu: str) -> str:
+def local_qemu(qemu: str, say: Callable[[str], None] = lambda _m: None) -> str:
     """The binary for an inventory's `qemu` field: "sid" means the sid build (fetched
-    into the cache when missing), anything else is a binary name or path."""
+    into the cache when missing, an error if it cannot be), "newest" the same but
+    falling back to the system QEMU, anything else a binary name or path."""
     if qemu == SID:
-        return str(ensure_sid_qemu())
+        return str(ensure_sid_qemu(say))
+    if qemu == NEWEST:
+        try:
+            return str(ensure_sid_qemu(say))
+        except EnvironmentBroken as exc:
+            log.warning("QEMU from sid is not available (%s); the local lab uses the system QEMU", exc)
+            say(f"QEMU from sid is not available, using the system QEMU: {exc}")
+            return SYSTEM
     return qemu
