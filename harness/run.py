@@ -302,7 +302,8 @@ def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
 def collect_vm_files(bundle: Bundle) -> None:
     vm = bundle.path / "vm"
     for role, name in (("trace", "trace.log"), ("console", "console.log"), ("qemu-stderr", "qemu.stderr"),
-                       ("cmdline", "cmdline.txt")):
+                       ("cmdline", "cmdline.txt"), ("guest-dmesg", "guest-dmesg.log"),
+                       ("host-dmesg", "host-dmesg.log")):
         src = vm / name
         if src.exists():
             # Keep them in vm/ (their names are what findings cite); register them.

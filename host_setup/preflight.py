@@ -55,7 +55,9 @@ def _cmdline(t: SshTarget) -> Verdict:
 
 
 def _device_nodes(t: SshTarget) -> list[Verdict]:
-    out = []
+    vfio = t.exists("/sys/bus/pci/drivers/vfio-pci")
+    out = [Verdict("vfio-pci driver", vfio, "registered" if vfio else "not loaded",
+                   "" if vfio else "modprobe vfio-pci (and add it to /etc/modules-load.d)")]
     for node, fix in (("/dev/iommu", "modprobe iommufd (CONFIG_IOMMUFD)"),
                       ("/dev/vfio/vfio", "modprobe vfio-pci"),
                       ("/dev/vfio/devices", "a kernel with CONFIG_VFIO_DEVICE_CDEV")):

@@ -255,12 +255,26 @@ def remote_guest(
         say(f"{host.name}: guest ready after {m[1]} s of guest time; SSH up through the host")
         yield RemoteSession(machine, channel, spec, info, image, float(m[1]), local_vm_dir)
     finally:
+        _kernel_logs(t, channel, local_vm_dir)
         try:
             machine.stop(channel)
         finally:
             if channel is not None:
                 channel.close()
             fetch_vm_files(t, run_dir, local_vm_dir)
+
+
+def _kernel_logs(t: SshTarget, channel: GuestChannel | None, local_vm_dir: Path) -> None:
+    """Both kernels' side of the story: the guest's dmesg and the host's (DMAR, VFIO)."""
+    sources: list[tuple[str, Callable[[], Any]]] = [("host-dmesg.log", lambda: t.run("dmesg", timeout=30))]
+    if channel is not None:
+        sources.insert(0, ("guest-dmesg.log", lambda: channel.run("dmesg", timeout=30)))
+    for name, read in sources:
+        try:
+            r = read()
+            (local_vm_dir / name).write_text(r.stdout if r.ok else f"dmesg failed (exit {r.exit_code}): {r.stderr}")
+        except Exception as exc:  # a dead guest or a lost host: say so in the file
+            (local_vm_dir / name).write_text(f"dmesg could not be read: {exc}\n")
 
 
 def fetch_vm_files(t: SshTarget, run_dir: PurePosixPath, local_vm_dir: Path) -> None:

@@ -54,6 +54,9 @@ def test_the_local_lab_run_works_on_a_host_reached_over_ssh(make_lab: MakeLab, t
     assert f"-name svmval-{mf.run_id}" in (vm / "cmdline.txt").read_text()  # started through SSH on the host
     assert "SVMVAL-GUEST-READY" in (vm / "console.log").read_text()
     assert "vtd_inv_desc" in (vm / "trace.log").read_text()
+    assert "DMAR: Intel(R) Virtualization Technology for Directed I/O" in (vm / "guest-dmesg.log").read_text()
+    assert (vm / "host-dmesg.log").read_text()  # the host kernel's log, or why it could not be read
+    assert {"guest-dmesg", "host-dmesg"} <= set(mf.files)
     assert any("SSH up through the host" in m for m in seen)
     assert mf.qemu["version"] and mf.host["device"] == "0000:6a:01.0"
     _restored(lab)
