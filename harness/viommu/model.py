@@ -8,9 +8,10 @@ RTADDR.TTM as latched by GCMD.SRTP, as hardware does.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
+from .batch import nested_walk_batch
 from .caches import (
     MISS,
     ContextCacheEntry,
@@ -267,15 +268,50 @@ class VtdModel:
         if isinstance(pre, Translation):
             return [pre] * len(addrs)
         eff, priv, pce = pre
-        tail = self._scalable_tail
-        out = []
-        for a in addrs:
+
+        def walk_one(a: int) -> Translation:
             if pasid is None and INTERRUPT_BASE <= a < INTERRUPT_END:
-                out.append(self._resolve(sid, a, pasid, write, False, False, False, False,
-                                         update_ad))
-            else:
-                out.append(tail(sid, a, pasid, eff, pce, write, False, priv, False, False,
-                                update_ad))
+                return self._resolve(sid, a, pasid, write, False, False, False, False, update_ad)
+            return self._scalable_tail(sid, a, pasid, eff, pce, write, False, priv, False,
+                                       False, update_ad)
+
+        batch = self._nested_batch(addrs, pasid, eff, pce, write, priv, update_ad, walk_one)
+        if batch is not None:
+            return batch
+        return [walk_one(a) for a in addrs]
+
+    def _nested_batch(self, addrs: Sequence[int], pasid: int | None, eff: int,
+                      pce: PasidCacheEntry, write: bool, priv: bool, update_ad: bool,
+                      walk_one: Callable[[int], Translation]) -> list[Translation] | None:
+        """walk_many for a nested PASID entry: the whole batch walked together
+        (:mod:`.batch`), lanes it flags walked one by one by ``walk_one``; None when the
+        batch walker does not apply."""
+        assert pce.lookup is not None
+        pe = pce.lookup.entry
+        if pe.pgtt != Pgtt.NESTED or (priv and not pe.sre):
+            return None
+        walked = nested_walk_batch(self.memory, pce.fs_params, pce.ss_params, addrs, write, priv,
+                                   update_ad)
+        if walked is None:
+            return None
+        did, fpd, pgtt = pe.did, pce.fpd, Pgtt.NESTED
+        out: list[Translation] = []
+        append = out.append
+        trusted = True
+        plain = 0
+        for a, address, leaf_pte, flagged in zip(addrs, walked.address, walked.leaf_pte,
+                                                 walked.flagged, strict=True):
+            if (trusted and not flagged and not INTERRUPT_BASE <= address < INTERRUPT_END
+                    and not (pasid is None and INTERRUPT_BASE <= a < INTERRUPT_END)):
+                # What _scalable_tail builds for a nested walk of a 4 KiB page at FS level 1.
+                append(_tuple_new(Translation, (True, address, 4096, None, did, pgtt, leaf_pte,
+                                                1, eff, "walk", None, fpd)))
+                plain += 1
+                continue
+            append(walk_one(a))
+            # That walk may have set A/D bits the batch read before they were set.
+            trusted = trusted and not update_ad
+        self.stats["walks"] += plain
         return out
 
     # ------------------------------------------------------------------ staleness

@@ -116,6 +116,9 @@ class SsParams:
     nonleaf_t: tuple[int, ...] = ()
     leaf_t: tuple[int, ...] = ()
     ps_leaf_t: tuple[bool, ...] = ()
+    #: (level, index shift, stop mask) for the non-leaf levels, top down: what
+    #: :func:`ss_walk_fast` needs per level (empty: no fast path for these params).
+    fast_steps: tuple[tuple[int, int, int], ...] = ()
 
     @classmethod
     def make(
@@ -147,6 +150,9 @@ class SsParams:
             leaf_t=tuple(leaf.get(i, 0) for i in range(max(levels, 3) + 1)),
             ps_leaf_t=tuple(1 < i <= 3 and not nonleaf[i] & SS_PS if i in nonleaf else False
                             for i in range(levels + 1)),
+            # PS joins the stop mask so one test per level catches both a reserved bit and
+            # a possible superpage leaf; the rare stop is sorted out off the hot path.
+            fast_steps=tuple((lvl, 9 * lvl, nonleaf[lvl] | SS_PS) for lvl in range(levels, 1, -1)),
         )
 
 
@@ -246,6 +252,52 @@ def ss_walk(
         return out
     return SsResult(out, size, level, pte, pte_addr, bool(acc & SS_R), bool(acc & SS_W),
                     bool(acc & SS_X) and p.slee, dirty)
+
+
+def ss_walk_fast(
+    buf: Any, last: int, p: SsParams, addr: int, need: int
+) -> tuple[int, int, int, int, int] | None:
+    """The side-effect-free common case of :func:`ss_walk` over flat RAM.
+
+    ``buf``/``last`` come from :attr:`GuestMemory.flat`. Returns (output address, leaf
+    level, leaf entry, leaf entry address, R/W/X bits ANDed over the levels), in
+    :class:`SsResult` order, or None when the walk leaves the common case: an entry
+    outside RAM, a fault of any kind, or an entry lacking a bit of ``need``.
+
+    ``need`` holds the request's R/W/X bits, plus A when the caller would have to set A
+    bits (SSADE with A/D updates): then None means "memory would be written", and the
+    caller reruns :func:`ss_walk`, which reports the exact fault or does the update.
+    Bailing out is always safe because nothing has been written.
+
+    A leaf passing ``need`` is present (``need`` has R or W). Per level a single test
+    against the stop mask (reserved bits | PS) keeps superpages off the hot path.
+    """
+    if addr >> p.width or not p.fast_steps:
+        return None
+    table = p.root
+    acc = SS_R | SS_W | SS_X
+    for level, shift, stop in p.fast_steps:
+        at = table + ((addr >> shift) & 0xFF8)
+        if at > last:
+            return None
+        pte = _unpack(buf, at)[0]
+        if pte & need != need:
+            return None
+        acc &= pte
+        if pte & stop:
+            # A superpage leaf, or a reserved-bit fault (PS where it is reserved included).
+            if not (pte & SS_PS and p.ps_leaf_t[level]) or pte & p.leaf_t[level]:
+                return None
+            size = 1 << (3 + 9 * level)
+            return (pte & ADDR_MASK_4K & ~(size - 1)) | (addr & (size - 1)), level, pte, at, acc
+        table = pte & ADDR_MASK_4K
+    at = table + ((addr >> 9) & 0xFF8)
+    if at > last:
+        return None
+    pte = _unpack(buf, at)[0]
+    if pte & need != need or pte & p.leaf_t[1]:
+        return None
+    return (pte & ADDR_MASK_4K) | (addr & 0xFFF), 1, pte, at, acc & pte
 
 
 def _ss_set_ad(mem: GuestMemory, used: list[int], write: bool) -> None:

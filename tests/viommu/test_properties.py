@@ -40,9 +40,11 @@ def _probe(model: VtdModel, maps: list[tuple[int, int, int, bool]], pasid: int |
         t = model.translate(SID, va + off, pasid=pasid)
         assert t.ok, t
         assert (t.address, t.page_size) == (expect, size)
-        # Second time from the IOTLB: same answer.
+        # Second time from the IOTLB: same answer. A page whose output covers the
+        # interrupt window (0xFEEx_xxxx) is walked each time: the model does not cache it.
         t2 = model.translate(SID, va + off, pasid=pasid)
-        assert t2.source == "iotlb" and t2.address == expect
+        covers_interrupts = out_slot * SLOT <= 0xFEE0_0000 < out_slot * SLOT + size
+        assert t2.address == expect and (covers_interrupts or t2.source == "iotlb")
         tw = model.translate(SID, va + off, pasid=pasid, write=True)
         assert tw.ok is writable
         if not writable:
