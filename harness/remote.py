@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
@@ -48,7 +49,57 @@ class ConnectionLost(HostUnreachable):
     pass
 
 
-class SshTarget:
+class Target:
+    """What preflight and provisioning need of a host: run a command, read and write its
+    files. One API whether the host is this machine (LocalTarget) or over SSH (SshTarget)."""
+
+    host: HostSpec
+    sysroot: str
+
+    def _where(self) -> str:
+        raise NotImplementedError
+
+    def run(self, cmd: str, *, timeout: float = 60) -> CommandResult:
+        raise NotImplementedError
+
+    def reconnect(self, *, within: float = 60) -> None:
+        """Reach the host again after a lost connection (nothing to do locally)."""
+
+    def check(self, cmd: str, *, timeout: float = 60) -> str:
+        """Run `cmd`; its stdout, or EnvironmentBroken naming the command and its stderr."""
+        r = self.run(cmd, timeout=timeout)
+        if not r.ok:
+            raise EnvironmentBroken(f"{self._where()}: `{cmd}` failed (exit {r.exit_code}): {r.stderr.strip()[-500:]}")
+        return r.stdout
+
+    def write_text(self, p: str, text: str, *, timeout: float = 30) -> None:
+        """Write `text` to a host file (a sysfs attribute, a journal) as the shell's `>` does."""
+        self.check(f"printf %s {shlex.quote(text)} > {shlex.quote(self.path(p))}", timeout=timeout)
+
+    def path(self, p: str) -> str:
+        """Where a host path is read: /sys, /proc and /dev under the sysroot, if any."""
+        if self.sysroot and p.startswith(("/sys/", "/proc/", "/dev/")):
+            return f"{self.sysroot.rstrip('/')}{p}"
+        return p
+
+    def read_text(self, p: str, *, timeout: float = 30) -> str | None:
+        """A file's contents, or None when it does not exist."""
+        r = self.run(f"cat {self.path(p)!r} 2>/dev/null", timeout=timeout)
+        return r.stdout if r.ok else None
+
+    def listdir(self, p: str) -> list[str]:
+        r = self.run(f"ls -1 {self.path(p)!r} 2>/dev/null")
+        return r.stdout.split() if r.ok else []
+
+    def exists(self, p: str) -> bool:
+        return self.run(f"test -e {self.path(p)!r}").ok
+
+    def readlink(self, p: str) -> str | None:
+        r = self.run(f"readlink {self.path(p)!r}")
+        return r.stdout.strip() if r.ok else None
+
+
+class SshTarget(Target):
     """A lab host over SSH. Use as a context manager."""
 
     def __init__(self, host: HostSpec, *, connect_timeout: float = 15):
@@ -147,17 +198,6 @@ class SshTarget:
             raise ConnectionLost(f"{self._where()}: lost the SSH connection during `{cmd}` (no exit status)")
         return CommandResult(r.exited, r.stdout, r.stderr, time.monotonic() - t0)
 
-    def check(self, cmd: str, *, timeout: float = 60) -> str:
-        """Run `cmd`; its stdout, or EnvironmentBroken naming the command and its stderr."""
-        r = self.run(cmd, timeout=timeout)
-        if not r.ok:
-            raise EnvironmentBroken(f"{self._where()}: `{cmd}` failed (exit {r.exit_code}): {r.stderr.strip()[-500:]}")
-        return r.stdout
-
-    def write_text(self, p: str, text: str, *, timeout: float = 30) -> None:
-        """Write `text` to a host file (a sysfs attribute, a journal) as the shell's `>` does."""
-        self.check(f"printf %s {shlex.quote(text)} > {shlex.quote(self.path(p))}", timeout=timeout)
-
     def put(self, local: Path, remote: str) -> None:
         if self.conn is None:
             self.connect()
@@ -176,24 +216,28 @@ class SshTarget:
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise ConnectionLost(f"{self._where()}: fetching {remote} failed: {exc}") from None
 
-    def path(self, p: str) -> str:
-        """Where a host path is read: /sys, /proc and /dev under the sysroot, if any."""
-        if self.sysroot and p.startswith(("/sys/", "/proc/", "/dev/")):
-            return f"{self.sysroot.rstrip('/')}{p}"
-        return p
 
-    def read_text(self, p: str, *, timeout: float = 30) -> str | None:
-        """A file's contents, or None when it does not exist."""
-        r = self.run(f"cat {self.path(p)!r} 2>/dev/null", timeout=timeout)
-        return r.stdout if r.ok else None
+class LocalTarget(Target):
+    """This machine as a host: the same commands through the local shell."""
 
-    def listdir(self, p: str) -> list[str]:
-        r = self.run(f"ls -1 {self.path(p)!r} 2>/dev/null")
-        return r.stdout.split() if r.ok else []
+    def __init__(self, host: HostSpec):
+        self.host = host
+        self.sysroot = host.sysroot
 
-    def exists(self, p: str) -> bool:
-        return self.run(f"test -e {self.path(p)!r}").ok
+    def __enter__(self) -> LocalTarget:
+        return self
 
-    def readlink(self, p: str) -> str | None:
-        r = self.run(f"readlink {self.path(p)!r}")
-        return r.stdout.strip() if r.ok else None
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def _where(self) -> str:
+        return f"host {self.host.name!r} (this machine)"
+
+    def run(self, cmd: str, *, timeout: float = 60) -> CommandResult:
+        t0 = time.monotonic()
+        try:
+            r = subprocess.run(["/bin/sh", "-c", cmd], capture_output=True, text=True, timeout=timeout,
+                               stdin=subprocess.DEVNULL, check=False)
+        except subprocess.TimeoutExpired:
+            raise CommandTimeout(f"{self._where()}: `{cmd}` did not finish in {timeout:.0f} s") from None
+        return CommandResult(r.returncode, r.stdout, r.stderr, time.monotonic() - t0)

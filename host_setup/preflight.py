@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from harness.inventory import HostSpec
-from harness.remote import SshTarget
+from harness.remote import Target
 from harness.viommu.capability import Cap, Ecap
 from host_setup.verdict import Verdict
 
@@ -19,7 +19,7 @@ NEEDED_ECAP = (("smts", "scalable mode"), ("flts", "first-stage"), ("slts", "sec
 WANTED_ECAP = (("prs", "page requests"), ("dt", "device-TLB (ATS)"))
 
 
-def _dmar_units(t: SshTarget) -> list[Verdict]:
+def _dmar_units(t: Target) -> list[Verdict]:
     units = [u for u in t.listdir("/sys/class/iommu") if u.startswith("dmar")]
     if not units:
         return [Verdict("VT-d units", False, "no /sys/class/iommu/dmar*",
@@ -47,14 +47,14 @@ def _dmar_units(t: SshTarget) -> list[Verdict]:
     return out
 
 
-def _cmdline(t: SshTarget) -> Verdict:
+def _cmdline(t: Target) -> Verdict:
     cmdline = t.read_text("/proc/cmdline") or ""
     ok = re.search(r"intel_iommu=[^ ]*\bon\b", cmdline) is not None and "sm_on" in cmdline
     return Verdict("kernel cmdline", ok, cmdline.strip()[:160] or "unreadable",
                    "" if ok else "add intel_iommu=on,sm_on to the host kernel command line and reboot")
 
 
-def _device_nodes(t: SshTarget) -> list[Verdict]:
+def _device_nodes(t: Target) -> list[Verdict]:
     vfio = t.exists("/sys/bus/pci/drivers/vfio-pci")
     out = [Verdict("vfio-pci driver", vfio, "registered" if vfio else "not loaded",
                    "" if vfio else "modprobe vfio-pci (and add it to /etc/modules-load.d)")]
@@ -66,7 +66,7 @@ def _device_nodes(t: SshTarget) -> list[Verdict]:
     return out
 
 
-def _device(t: SshTarget, host: HostSpec) -> list[Verdict]:
+def _device(t: Target, host: HostSpec) -> list[Verdict]:
     if host.device is None:
         return [Verdict("assigned device", False, "none in the inventory", "set 'device' for this host")]
     base = f"/sys/bus/pci/devices/{host.device}"
@@ -95,7 +95,7 @@ def _device(t: SshTarget, host: HostSpec) -> list[Verdict]:
     ]
 
 
-def _memory(t: SshTarget, host: HostSpec) -> list[Verdict]:
+def _memory(t: Target, host: HostSpec) -> list[Verdict]:
     free = t.read_text("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
     total = t.read_text("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
     out = []
@@ -110,7 +110,7 @@ def _memory(t: SshTarget, host: HostSpec) -> list[Verdict]:
     return out
 
 
-def _qemu(t: SshTarget, host: HostSpec) -> list[Verdict]:
+def _qemu(t: Target, host: HostSpec) -> list[Verdict]:
     r = t.run(f"{host.qemu} --version", timeout=30)
     if not r.ok:
         return [Verdict("QEMU", False, f"{host.qemu} not runnable", "install QEMU >= 9.2 (x-flts with iommufd)")]
@@ -123,7 +123,7 @@ def _qemu(t: SshTarget, host: HostSpec) -> list[Verdict]:
     ]
 
 
-def run_preflight(target: SshTarget, host: HostSpec) -> list[Verdict]:
+def run_preflight(target: Target, host: HostSpec) -> list[Verdict]:
     cpuinfo = target.read_text("/proc/cpuinfo") or ""
     vendor = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("vendor_id")), "?")
     verdicts = [Verdict("CPU vendor", vendor == "GenuineIntel", vendor,

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 
 from harness.errors import ConfigError, EnvironmentBroken
 from harness.inventory import HostSpec
-from harness.remote import HostUnreachable, SshTarget
+from harness.remote import HostUnreachable, Target
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Journal:
 class LabHost:
     """One run's hold on one lab host: its lock, journal, device binding and hugepages."""
 
-    def __init__(self, target: SshTarget, host: HostSpec, journal: Journal):
+    def __init__(self, target: Target, host: HostSpec, journal: Journal):
         self.t = target
         self.host = host
         self.journal = journal
@@ -94,7 +94,7 @@ class LabHost:
 
     # -- the lock
     @classmethod
-    def acquire(cls, target: SshTarget, host: HostSpec, run_id: str) -> LabHost:
+    def acquire(cls, target: Target, host: HostSpec, run_id: str) -> LabHost:
         lock = cls.lock_dir(host)
         target.check(f"mkdir -p {shlex.quote(host.workdir)}")
         if not target.run(f"mkdir {shlex.quote(lock)}").ok:
@@ -110,7 +110,7 @@ class LabHost:
         return lab
 
     @classmethod
-    def read_journal(cls, target: SshTarget, host: HostSpec) -> Journal | None:
+    def read_journal(cls, target: Target, host: HostSpec) -> Journal | None:
         text = target.read_text(cls.journal_path(host))
         return Journal.from_json(text) if text else None
 
@@ -256,7 +256,7 @@ class LabHost:
         self._wait_driver(j.driver, f"bind it by hand: echo {bdf} > /sys/bus/pci/drivers/{j.driver}/bind")
 
 
-def restore_host(target: SshTarget, host: HostSpec) -> list[str]:
+def restore_host(target: Target, host: HostSpec) -> list[str]:
     """`svmval restore`: put a host back from the journal a dead run left there."""
     journal = LabHost.read_journal(target, host)
     if journal is None:
@@ -269,7 +269,7 @@ def restore_host(target: SshTarget, host: HostSpec) -> list[str]:
 
 @contextmanager
 def provisioned(
-    target: SshTarget, host: HostSpec, run_id: str, say: Callable[[str], None] = lambda _m: None
+    target: Target, host: HostSpec, run_id: str, say: Callable[[str], None] = lambda _m: None
 ) -> Iterator[LabHost]:
     """Lock the host, reserve hugepages, hand the device to vfio-pci; restore on the way out,
     whatever the way out is (reconnecting first when the connection dropped)."""

@@ -18,7 +18,7 @@ from conftest import Lab
 from support.sshd import Sshd
 
 from harness.paths import REPO_ROOT
-from harness.remote import ConnectionLost, SshTarget
+from harness.remote import ConnectionLost, LocalTarget, SshTarget
 from host_setup.lab_run import run_lab
 from host_setup.preflight import run_preflight
 from host_setup.provision import DeviceBusy, HostLocked, LabHost, provisioned, restore_host
@@ -194,3 +194,15 @@ def test_ctrl_c_is_a_keyboard_interrupt_and_restores(make_lab: MakeLab) -> None:
         with provisioned(t, host, "run-e"):
             signal.raise_signal(signal.SIGINT)
     _untouched(lab, "idxd")
+
+
+def test_one_api_for_this_machine_and_a_host_over_ssh(make_lab: MakeLab, monkeypatch: pytest.MonkeyPatch) -> None:
+    lab = make_lab("no-sm")
+    host = lab.host(hugepages=1024)
+    monkeypatch.setenv("PATH", f"{lab.fake.bin}:{os.environ['PATH']}")  # what the sshd gives its sessions
+    with SshTarget(host) as remote, LocalTarget(host) as local:
+        assert run_preflight(local, host) == run_preflight(remote, host)
+        with provisioned(local, host, "local-run"):
+            assert lab.fake.driver() == "vfio-pci" and lab.fake.nr_hugepages == 1024
+            assert LabHost.read_journal(remote, host).run_id == "local-run"  # type: ignore[union-attr]
+    assert lab.fake.driver() == "i915" and lab.fake.nr_hugepages == 0 and not lab.lock.exists()
