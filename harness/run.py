@@ -30,13 +30,13 @@ from harness.checks.faults import ExpectedFault, check_faults
 from harness.checks.prq import check_prq_modelled
 from harness.checks.qi import QiReplay
 from harness.checks.seed import first_stage_leaf, restore_pte, retarget_pte
-from harness.checks.translation import HostView, check_translation, device_translations
+from harness.checks.translation import check_translation, device_translations
 from harness.errors import EnvironmentBroken, GuestError, SvmvalError
 from harness.gitinfo import git_revision
 from harness.inventory import HostSpec
 from harness.paths import REPO_ROOT
 from harness.preflight import run_local_preflight
-from harness.qemu.session import GuestSession, local_guest
+from harness.qemu.session import local_guest
 from harness.qemu.sid import local_qemu
 from harness.trace.events import RegDmarRoot
 from harness.trace.parser import iter_events
@@ -141,8 +141,8 @@ def close_run(bundle: Bundle, results: dict[str, Any] | None, checks: list[Check
 def run_in_guest(
     g: Any, bundle: Bundle, names: list[str] | None, say: Say, seed_stale_pte: bool = False, *, hold: bool = True
 ) -> tuple[dict[str, Any], list[CheckResult]]:
-    """Workloads and checks in a booted guest: a local GuestSession, or a lab host's
-    RemoteSession (`hold=False`: the held GVA->HPA check needs QMP on this machine)."""
+    """Workloads and checks in a booted guest: a local GuestSession or a lab host's
+    RemoteSession (`hold=False` runs edu_dma without its held GVA->HPA check)."""
     ch = g.channel
     say("uploading workloads")
     ch.run(f"rm -rf {GUEST_WORKDIR}/workloads {HOLD_DIR} && mkdir -p {GUEST_WORKDIR} {HOLD_DIR}")
@@ -188,7 +188,7 @@ def run_in_guest(
     return results, checks
 
 
-def _held_run(g: GuestSession, bundle: Bundle, seed_stale_pte: bool) -> tuple[dict[str, Any], list[CheckResult]]:
+def _held_run(g: Any, bundle: Bundle, seed_stale_pte: bool) -> tuple[dict[str, Any], list[CheckResult]]:
     ch = g.channel
     out = "/tmp/svmval-edu.json"
     ch.run(
@@ -228,34 +228,33 @@ def _held_run(g: GuestSession, bundle: Bundle, seed_stale_pte: bool) -> tuple[di
     return part, checks
 
 
-def _trace_root(trace: Path, g: GuestSession) -> int | None:
+def _trace_root(trace: Path, fmt: Path) -> int | None:
     root = None
-    for ev in iter_events(trace, names=["vtd_reg_dmar_root"], trace_events=g.qemu.trace_events):
+    for ev in iter_events(trace, names=["vtd_reg_dmar_root"], trace_events=fmt):
         if isinstance(ev, RegDmarRoot):
             root = ev.addr
     return root
 
 
-def _translation_check(g: GuestSession, held: dict[str, Any]) -> CheckResult:
-    trace = g.spec.trace_log
-    root = _trace_root(trace, g)
+def _translation_check(g: Any, held: dict[str, Any]) -> CheckResult:
+    trace, fmt = g.trace_file(), g.trace_format()
+    root = _trace_root(trace, fmt)
     sid = int(held["sid"])
     if root is None:
         raise GuestError("the trace has no root-table pointer (vtd_reg_dmar_root): is tracing on?")
-    seen = device_translations(
-        iter_events(trace, names=["vtd_dmar_translate"], trace_events=g.qemu.trace_events), sid)
-    host = HostView(g.machine.gpa2hva, g.machine.gpa2hpa, g.machine.pid or 0)
-    return check_translation(HOLD_WORKLOAD, sid, held["pages"], g.machine.guest_memory(), root, seen, host)
+    seen = device_translations(iter_events(trace, names=["vtd_dmar_translate"], trace_events=fmt), sid)
+    return check_translation(HOLD_WORKLOAD, sid, held["pages"], g.machine.guest_memory(), root, seen,
+                             g.machine.host_view())
 
 
-def _held_qi_check(g: GuestSession, held: dict[str, Any], seed_stale_pte: bool) -> CheckResult:
+def _held_qi_check(g: Any, held: dict[str, Any], seed_stale_pte: bool) -> CheckResult:
     """QI completeness while the device's mappings are live. With `seed_stale_pte` a
     first-stage PTE of a page the device just used is retargeted in guest RAM with
     no invalidation — the missing invalidation the check must catch — and restored
     before the guest runs again."""
     t0 = time.monotonic()
     replay = QiReplay()
-    replay.feed(iter_events(g.spec.trace_log, trace_events=g.qemu.trace_events))
+    replay.feed(iter_events(g.trace_file(), trace_events=g.trace_format()))
     seeded = None
     memory = g.machine.guest_memory(writable=seed_stale_pte)
     if seed_stale_pte and replay.root is not None and held["pages"]:

@@ -5,7 +5,8 @@
 3. send the guest image once (content hash), start QEMU through the SSH session —
    `lab-nested` (KVM, iommufd, the device) or, on a host that cannot nest,
    `local-emulated` (QEMU's emulated VT-d there);
-4. the workloads and checks of the local lab, the guest reached through the host;
+4. the workloads and checks of the local lab (QMP through an SSH forward, guest RAM
+   over SFTP, QEMU's pagemap read on the host), the guest reached through the host;
 5. console, trace and QEMU's stderr brought back; the host restored on every way out.
 """
 
@@ -66,7 +67,7 @@ def run_lab(host: HostSpec, artifacts: Path, *, workloads: list[str] | None = No
                     mf.durations["boot_s"] = round(time.monotonic() - t0, 1)
                     mf.qemu = g.qemu.describe()
                     bundle.save()
-                    results, checks = run_in_guest(g, bundle, workloads, say, hold=False)
+                    results, checks = run_in_guest(g, bundle, workloads, say)
                 mf.durations["vm_s"] = round(time.monotonic() - t0, 1)
     except SvmvalError as exc:
         mf.error = "\n".join([str(exc), *getattr(exc, "__notes__", [])])

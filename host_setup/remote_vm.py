@@ -12,24 +12,32 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import struct
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
 from guest_image.build import GuestImage
 from guest_image.recipe import READY_MARKER
+from harness.checks.translation import HostView
 from harness.errors import EnvironmentBroken, GuestError
 from harness.guest import GuestChannel
-from harness.inventory import HostSpec, Nesting
+from harness.inventory import HostSpec, KnownHostsPolicy, Nesting
+from harness.qemu.machine import QmpControl
 from harness.qemu.probe import QemuInfo, parse_probe
 from harness.qemu.profiles import Profile, VmSpec, build_argv, trace_events_text
 from harness.remote import SshTarget
 from harness.viommu.memory import GuestMemory, Region, q35_regions
 from host_setup.provision import LabHost, QemuProcess
+from workloads.pages import pagemap_address
 
 Say = Callable[[str], None]
 IMAGE_FILES = ("kernel", "initrd", "rootfs")
@@ -55,12 +63,78 @@ def send_image(t: SshTarget, host: HostSpec, image: GuestImage, say: Say) -> Pur
     return remote
 
 
-class RemoteMachine:
-    """A QEMU process on a lab host; pause/resume by signal (the whole VM stops)."""
+@contextmanager
+def qmp_tunnel(host: HostSpec, remote_socket: str) -> Iterator[Path]:
+    """QEMU's QMP socket on the host as a unix socket here: OpenSSH's -L forward with
+    the inventory's key and known_hosts (verified as the harness's own connection is)."""
+    local_dir = Path(tempfile.mkdtemp(prefix="svmval-qmp-"))
+    local = local_dir / "qmp.sock"
+    argv = ["ssh", "-N", "-p", str(host.port), "-L", f"{local}:{remote_socket}",
+            "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-o", "ConnectTimeout=15",
+            "-o", "IdentitiesOnly=yes"]
+    if host.key_file is not None:
+        argv += ["-i", str(host.key_file)]
+    if host.known_hosts_policy is KnownHostsPolicy.ACCEPT_NEW_INSECURE:
+        argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    else:
+        argv += ["-o", "StrictHostKeyChecking=yes"]
+        if host.known_hosts is not None:
+            argv += ["-o", f"UserKnownHostsFile={host.known_hosts}"]
+    argv.append(f"{host.user}@{host.address}")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not local.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr and proc.poll() is not None else ""
+                raise EnvironmentBroken(f"the QMP forward to {host.name!r} did not come up: {err.strip()}")
+            time.sleep(0.1)
+        yield local
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(local_dir, ignore_errors=True)
+
+
+class RemoteMachine(QmpControl):
+    """A QEMU process on a lab host, driven over QMP through an SSH forward."""
 
     def __init__(self, t: SshTarget, lab: LabHost, run_dir: PurePosixPath, memory_mib: int):
         self.t, self.lab, self.run_dir, self.memory_mib = t, lab, run_dir, memory_mib
         self.proc: QemuProcess | None = None
+        self.qmp: QEMUMonitorProtocol | None = None
+
+    def attach_qmp(self, remote_socket: str, local_socket: Path) -> None:
+        remote = shlex.quote(remote_socket)
+        deadline = time.monotonic() + 30
+        while not self.t.run(f"test -S {remote}").ok:
+            if not self.is_running() or time.monotonic() > deadline:
+                raise GuestError(f"QEMU on {self.lab.host.name!r} never opened its QMP socket; its stderr:\n"
+                                 f"{self.file_tail('qemu.stderr')}")
+            time.sleep(0.2)
+        self.qmp = QEMUMonitorProtocol(str(local_socket))
+        self.qmp.connect(negotiate=True)
+
+    def detach_qmp(self) -> None:
+        if self.qmp is not None:
+            try:
+                self.qmp.close()
+            finally:
+                self.qmp = None
+
+    def host_view(self) -> HostView:
+        return HostView(self.gpa2hva, self.gpa2hpa, self._hva2hpa)
+
+    def _hva2hpa(self, hva: int) -> int | None:
+        """QEMU's own pagemap entry for `hva`, read on the host (root only)."""
+        assert self.proc is not None
+        r = self.t.run(f"dd if=/proc/{self.proc.pid}/pagemap bs=8 skip={hva // 4096} count=1 2>/dev/null "
+                       f"| od -An -tx8")
+        words = r.stdout.split()
+        return pagemap_address(int(words[0], 16), hva) if r.ok and words else None
 
     def launch(self, argv: list[str], tag: str) -> None:
         # Journaled before it starts (pid unknown): restore finds it by its tag if the
@@ -75,14 +149,6 @@ class RemoteMachine:
 
     def is_running(self) -> bool:
         return self.proc is not None and self.lab._ours(self.proc)
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        self.t.check(f"kill -STOP {self.proc.pid}")
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.t.check(f"kill -CONT {self.proc.pid}")
 
     def file_tail(self, name: str, lines: int = 30) -> str:
         return self.t.run(f"tail -n {lines} {shlex.quote(str(self.run_dir / name))}").stdout
@@ -121,8 +187,10 @@ class RemoteMachine:
     def console_text(self) -> str:
         return self.t.run(f"cat {shlex.quote(str(self.run_dir / 'console.log'))}").stdout
 
-    def guest_memory(self) -> GuestMemory:
+    def guest_memory(self, *, writable: bool = False) -> GuestMemory:
         """Guest RAM read over SFTP, a chunk at a time (pause first: it is live)."""
+        if writable:
+            raise EnvironmentBroken("guest RAM on a lab host is read-only to the harness")
         sftp = self.t.transport.open_sftp_client()
         f = sftp.open(str(self.run_dir / "guest-ram"), "rb")
         size = self.memory_mib << 20
@@ -243,8 +311,11 @@ def remote_guest(
     channel: GuestChannel | None = None
     say(f"{host.name}: booting the guest ({'lab-nested, KVM' if nested else 'emulated VT-d, TCG'}, QEMU "
         f"{'.'.join(map(str, info.version))})")
+    stack = ExitStack()
     try:
         machine.launch(argv, tag)
+        qmp_socket = str(spec.qmp_socket)  # a short name in /tmp when run_dir is deep
+        machine.attach_qmp(qmp_socket, stack.enter_context(qmp_tunnel(host, qmp_socket)))
         m = machine.wait_for(rf"{READY_MARKER} ([0-9.]+)", total_timeout=300)
 
         def tunnel() -> Any:
@@ -257,10 +328,12 @@ def remote_guest(
     finally:
         _kernel_logs(t, channel, local_vm_dir)
         try:
+            machine.detach_qmp()
             machine.stop(channel)
         finally:
             if channel is not None:
                 channel.close()
+            stack.close()
             fetch_vm_files(t, run_dir, local_vm_dir)
 
 

@@ -27,7 +27,11 @@ def physical_address(vaddr: int, pid: int | str = "self") -> int | None:
         return None
     if len(raw) != 8:
         return None
-    entry = struct.unpack("<Q", raw)[0]
+    return pagemap_address(struct.unpack("<Q", raw)[0], vaddr)
+
+
+def pagemap_address(entry: int, vaddr: int) -> int | None:
+    """The physical address a pagemap entry gives for `vaddr` (None: not present)."""
     pfn = entry & ((1 << 55) - 1)
     if not entry >> 63 or pfn == 0:
         return None

@@ -25,18 +25,18 @@ from typing import Any
 from harness.trace.events import DmarTranslate, TraceEvent
 from harness.viommu import GuestMemory, VtdModel
 from reports.bundle import CheckResult, Finding, Traffic, Verdict
-from workloads.pages import physical_address
 
 PAGE = 4096
 
 
 @dataclass(frozen=True)
 class HostView:
-    """How the host reaches guest RAM: QEMU's answers and the QEMU process."""
+    """How the host reaches guest RAM: QEMU's answers, and the QEMU process's own page
+    table (its /proc/PID/pagemap, on whichever machine QEMU runs)."""
 
     gpa2hva: Callable[[int], int]
     gpa2hpa: Callable[[int], int]
-    qemu_pid: int
+    hva2hpa: Callable[[int], int | None]
 
 
 def device_translations(events: Iterable[TraceEvent], sid: int) -> dict[int, tuple[int, int]]:
@@ -88,7 +88,7 @@ def check_translation(
                     problems.append("the bytes at that GPA are not what the workload saw in the page")
             if host is not None:
                 hva = host.gpa2hva(gpa)
-                hpa = physical_address(hva, host.qemu_pid)
+                hpa = host.hva2hpa(hva)
                 qemu_hpa = host.gpa2hpa(gpa)
                 if hpa is not None:
                     counts["hpa_checked"] += 1

@@ -22,9 +22,11 @@ from typing import Any
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from harness.checks.translation import HostView
 from harness.errors import GuestError
 from harness.viommu import GuestMemory
 from harness.viommu.memory import q35_regions
+from workloads.pages import physical_address
 
 
 def free_port() -> int:
@@ -33,7 +35,44 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Machine:
+class QmpControl:
+    """QMP commands a run needs, for a QEMU here or on a lab host (through a tunnel)."""
+
+    qmp: QEMUMonitorProtocol | None
+
+    def command(self, cmd: str, **args: Any) -> Any:
+        if self.qmp is None:
+            raise GuestError("QMP is not connected (the VM is not running)")
+        return self.qmp.cmd(cmd, **args)
+
+    def hmp(self, line: str) -> str:
+        return str(self.command("human-monitor-command", **{"command-line": line}))
+
+    def pause(self) -> None:
+        self.command("stop")
+
+    def resume(self) -> None:
+        self.command("cont")
+
+    def status(self) -> str:
+        return str(self.command("query-status")["status"])
+
+    def gpa2hva(self, gpa: int) -> int:
+        out = self.hmp(f"gpa2hva {gpa:#x}")
+        m = re.search(r"is (0x[0-9a-f]+)", out)
+        if m is None:
+            raise GuestError(f"gpa2hva {gpa:#x}: {out.strip()}")
+        return int(m[1], 16)
+
+    def gpa2hpa(self, gpa: int) -> int:
+        out = self.hmp(f"gpa2hpa {gpa:#x}")
+        m = re.search(r"is (0x[0-9a-f]+)", out)
+        if m is None:
+            raise GuestError(f"gpa2hpa {gpa:#x}: {out.strip()}")
+        return int(m[1], 16)
+
+
+class Machine(QmpControl):
     """Launch QEMU with `argv`; artefacts stay in `run_dir`.
 
     console_log, trace_log and ram_path name the files the argv writes (the
@@ -140,37 +179,9 @@ class Machine:
             # The RAM file is as large as the guest: keep artefacts, not memory images.
             self.ram_path.unlink(missing_ok=True)
 
-    # -- QMP -------------------------------------------------------------------------
-    def command(self, cmd: str, **args: Any) -> Any:
-        if self.qmp is None:
-            raise GuestError("QMP is not connected (the VM is not running)")
-        return self.qmp.cmd(cmd, **args)
-
-    def hmp(self, line: str) -> str:
-        return str(self.command("human-monitor-command", **{"command-line": line}))
-
-    def pause(self) -> None:
-        self.command("stop")
-
-    def resume(self) -> None:
-        self.command("cont")
-
-    def status(self) -> str:
-        return str(self.command("query-status")["status"])
-
-    def gpa2hva(self, gpa: int) -> int:
-        out = self.hmp(f"gpa2hva {gpa:#x}")
-        m = re.search(r"is (0x[0-9a-f]+)", out)
-        if m is None:
-            raise GuestError(f"gpa2hva {gpa:#x}: {out.strip()}")
-        return int(m[1], 16)
-
-    def gpa2hpa(self, gpa: int) -> int:
-        out = self.hmp(f"gpa2hpa {gpa:#x}")
-        m = re.search(r"is (0x[0-9a-f]+)", out)
-        if m is None:
-            raise GuestError(f"gpa2hpa {gpa:#x}: {out.strip()}")
-        return int(m[1], 16)
+    def host_view(self) -> HostView:
+        pid = self.pid or 0
+        return HostView(self.gpa2hva, self.gpa2hpa, lambda hva: physical_address(hva, pid))
 
     # -- guest memory ----------------------------------------------------------------
     def guest_memory(self, *, writable: bool = False) -> GuestMemory:

@@ -50,6 +50,10 @@ def test_the_local_lab_run_works_on_a_host_reached_over_ssh(make_lab: MakeLab, t
     # The QI and fault checks judged real traffic: the trace and the guest RAM on the host.
     assert checks["qi-completeness"].traffic is Traffic.REAL and checks["qi-completeness"].verdict is Verdict.PASS
     assert checks["faults"].verdict is Verdict.PASS
+    # GVA->GPA->HPA while edu_dma held its buffers: QMP through the SSH forward, QEMU's
+    # pagemap read on the host.
+    tr = checks["translation"]
+    assert tr.verdict is Verdict.PASS and tr.counts["hpa_checked"] == tr.counts["pages"] > 0, tr.summary
     vm = outcome.bundle.path / "vm"
     assert f"-name svmval-{mf.run_id}" in (vm / "cmdline.txt").read_text()  # started through SSH on the host
     assert "SVMVAL-GUEST-READY" in (vm / "console.log").read_text()
