@@ -22,6 +22,11 @@ from harness.errors import EnvironmentBroken
 VTD_BASE = 0xFED9_0000
 EDU_BAR = 0xE000_0000
 EDU_BUF = 0x40000
+EDU_ID = 0x11E8_1234
+TESTDEV_BAR = 0xE010_0000
+TESTDEV_ID = 0x0005_1B36  # Red Hat test device 1b36:0005
+TESTDEV_IDLE, TESTDEV_BUSY = 0xFFFF_FFFF, 0xFFFF_FFFE
+TESTDEV_PATTERN = 0x1234_5678  # what iommu-testdev writes
 HALT = bytes.fromhex("faf4ebfd")  # cli; hlt; jmp $-3: the reset vector never leaves
 
 
@@ -30,7 +35,9 @@ class QtestError(EnvironmentBroken):
 
 
 class QtestMachine:
-    def __init__(self, iommu_props: str, *, memory_mib: int = 512, qemu: str = "qemu-system-x86_64"):
+    def __init__(self, iommu_props: str, *, memory_mib: int = 512, qemu: str = "qemu-system-x86_64",
+                 testdev: bool = False):
+        """`testdev` adds QEMU 11's iommu-testdev (PCI 1b36:0005) beside edu."""
         self.tmp = Path(tempfile.mkdtemp(prefix="svmval-qtest-"))
         bios = self.tmp / "halt.bin"
         image = bytearray(64 * 1024)
@@ -41,9 +48,10 @@ class QtestMachine:
             "-nodefaults", "-m", f"{memory_mib}M", "-accel", "tcg", "-icount", "shift=0,sleep=off",
             "-bios", str(bios), "-device", f"intel-iommu,{iommu_props}",
             "-device", "edu,dma_mask=0xffffffffffffffff",
-        ]
+        ] + (["-device", "iommu-testdev"] if testdev else [])
         self.proc: subprocess.Popen[str] | None = None
         self.edu_sid = -1
+        self.testdev_sid = -1
 
     def __enter__(self) -> QtestMachine:
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -98,17 +106,39 @@ class QtestMachine:
         self.cmd(f"outl 0xcf8 {0x8000_0000 | devfn << 8 | reg:#x}")
         return 0xCFC
 
+    def _enable(self, devfn: int, bar: int) -> None:
+        self.cmd(f"outl {self._cfg(devfn, 0x10):#x} {bar:#x}")
+        command = int(self.cmd(f"inl {self._cfg(devfn, 0x04):#x}"), 16) & 0xFFFF
+        self.cmd(f"outl {self._cfg(devfn, 0x04):#x} {command | 0x6:#x}")  # memory + bus master
+
     def _find_edu(self) -> None:
         for devfn in range(0, 256, 8):
-            port = self._cfg(devfn, 0)
-            ident = int(self.cmd(f"inl {port:#x}"), 16)
-            if ident == 0x11E8_1234:
-                self.cmd(f"outl {self._cfg(devfn, 0x10):#x} {EDU_BAR:#x}")
-                command = int(self.cmd(f"inl {self._cfg(devfn, 0x04):#x}"), 16) & 0xFFFF
-                self.cmd(f"outl {self._cfg(devfn, 0x04):#x} {command | 0x6:#x}")  # memory + bus master
+            ident = int(self.cmd(f"inl {self._cfg(devfn, 0):#x}"), 16)
+            if ident == EDU_ID:
+                self._enable(devfn, EDU_BAR)
                 self.edu_sid = devfn
-                return
-        raise QtestError("no edu device found on bus 0")
+            elif ident == TESTDEV_ID:
+                self._enable(devfn, TESTDEV_BAR)
+                self.testdev_sid = devfn
+        if self.edu_sid < 0:
+            raise QtestError("no edu device found on bus 0")
+        if "iommu-testdev" in self.argv and self.testdev_sid < 0:
+            raise QtestError("no iommu-testdev found on bus 0 (QEMU >= 11 has it)")
+
+    def testdev_dma(self, iova: int, gpa: int, length: int = 4, timeout: float = 10) -> int:
+        """iommu-testdev writes its pattern to `iova` through the IOMMU and reads it back at
+        `gpa` directly: 0 when it landed there, an error code otherwise."""
+        regs = {"gva_lo": 0x04, "gva_hi": 0x08, "len": 0x0C, "result": 0x10, "dbell": 0x14,
+                "attrs": 0x18, "gpa_lo": 0x1C, "gpa_hi": 0x20}
+        for name, value in (("gva_lo", iova & 0xFFFF_FFFF), ("gva_hi", iova >> 32), ("gpa_lo", gpa & 0xFFFF_FFFF),
+                            ("gpa_hi", gpa >> 32), ("len", length), ("attrs", 0), ("dbell", 1)):
+            self.writel(TESTDEV_BAR + regs[name], value)
+        self.readl(TESTDEV_BAR)  # reading DMA_TRIGGERING runs the armed DMA
+        deadline = time.monotonic() + timeout
+        while (result := self.readl(TESTDEV_BAR + regs["result"])) in (TESTDEV_BUSY, TESTDEV_IDLE):
+            if time.monotonic() > deadline:
+                raise QtestError("iommu-testdev DMA never finished")
+        return result
 
     def edu_dma(self, src: int, dst: int, count: int, *, to_ram: bool, timeout: float = 10) -> None:
         self.writeq(EDU_BAR + 0x80, src)
