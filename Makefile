@@ -16,8 +16,8 @@ bootstrap:
 smoke: bootstrap
 	$(VENV)/bin/svmval run --host local --artifacts $(ARTIFACTS)
 
-## The suite's own tests plus the end-to-end tests on the local lab.
-test: bootstrap
+## Lint, then the suite's own tests plus the end-to-end tests on the local lab.
+test: lint
 	$(PY) -m pytest --host local --artifacts $(ARTIFACTS) -p no:cacheprovider $(PYTEST_ARGS)
 
 ## Speed and memory targets: model throughput, trace checking, SVM bandwidth.
