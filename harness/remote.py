@@ -15,6 +15,7 @@ import logging
 import shlex
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
 
@@ -49,21 +50,22 @@ class ConnectionLost(HostUnreachable):
     pass
 
 
-class Target:
+class Target(ABC):
     """What preflight and provisioning need of a host: run a command, read and write its
     files. One API whether the host is this machine (LocalTarget) or over SSH (SshTarget)."""
 
     host: HostSpec
     sysroot: str
 
-    def _where(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def _where(self) -> str: ...
 
-    def run(self, cmd: str, *, timeout: float = 60) -> CommandResult:
-        raise NotImplementedError
+    @abstractmethod
+    def run(self, cmd: str, *, timeout: float = 60) -> CommandResult: ...
 
+    @abstractmethod
     def reconnect(self, *, within: float = 60) -> None:
-        """Reach the host again after a lost connection (nothing to do locally)."""
+        """Reach the host again after a lost connection."""
 
     def check(self, cmd: str, *, timeout: float = 60) -> str:
         """Run `cmd`; its stdout, or EnvironmentBroken naming the command and its stderr."""
@@ -232,6 +234,9 @@ class LocalTarget(Target):
 
     def _where(self) -> str:
         return f"host {self.host.name!r} (this machine)"
+
+    def reconnect(self, *, within: float = 60) -> None:
+        """Nothing to reach again: this machine has no connection to lose."""
 
     def run(self, cmd: str, *, timeout: float = 60) -> CommandResult:
         t0 = time.monotonic()

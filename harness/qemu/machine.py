@@ -58,17 +58,17 @@ class QmpControl:
         return str(self.command("query-status")["status"])
 
     def gpa2hva(self, gpa: int) -> int:
-        out = self.hmp(f"gpa2hva {gpa:#x}")
-        m = re.search(r"is (0x[0-9a-f]+)", out)
-        if m is None:
-            raise GuestError(f"gpa2hva {gpa:#x}: {out.strip()}")
-        return int(m[1], 16)
+        return self._hmp_address("gpa2hva", gpa)
 
     def gpa2hpa(self, gpa: int) -> int:
-        out = self.hmp(f"gpa2hpa {gpa:#x}")
+        return self._hmp_address("gpa2hpa", gpa)
+
+    def _hmp_address(self, verb: str, gpa: int) -> int:
+        """HMP's "... is 0x..." answer to gpa2hva/gpa2hpa, as a number."""
+        out = self.hmp(f"{verb} {gpa:#x}")
         m = re.search(r"is (0x[0-9a-f]+)", out)
         if m is None:
-            raise GuestError(f"gpa2hpa {gpa:#x}: {out.strip()}")
+            raise GuestError(f"{verb} {gpa:#x}: {out.strip()}")
         return int(m[1], 16)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from harness.qemu.qtest import EDU_BUF, QtestMachine
 from harness.viommu import FaultReason, FsTables, GuestMemory, PasidEntry, Pgtt, TableBuilder, VtdModel
 
@@ -88,3 +90,13 @@ def submit(q: QtestMachine, model: VtdModel, mem: GuestMemory, tail: int, *descs
     q.reg_write(0x88, tail << 5, 8)
     model.write_reg(0x88, tail << 5, 8)
     return tail
+
+
+def print_past_capture(config: pytest.Config, line: str) -> None:
+    """A summary line that shows even with pytest's output capture on."""
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if capture is None:
+        print(line)
+        return
+    with capture.global_and_fixture_disabled():
+        print("\n" + line)

@@ -60,14 +60,8 @@ MISMATCHES: list[str] = []
 @pytest.fixture(scope="module", autouse=True)
 def _summary(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    line = (f"qtest queue oracle: {sum(COMPARED.values())} descriptors compared by type "
-            f"{dict(sorted(COMPARED.items()))}, {len(MISMATCHES)} mismatches")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if capture is not None:
-        with capture.global_and_fixture_disabled():
-            print("\n" + line)
-    else:
-        print(line)
+    rig.print_past_capture(request.config, f"qtest queue oracle: {sum(COMPARED.values())} descriptors compared "
+                           f"by type {dict(sorted(COMPARED.items()))}, {len(MISMATCHES)} mismatches")
 
 
 class Unit:
@@ -140,6 +134,21 @@ class Unit:
             for d in descs:
                 COMPARED[TYPE_NAMES.get(desc_type_of(d[0]), "invalid")] += 1
         return st_
+
+    def qemu_rejects_model_accepts(self, d: Desc) -> None:
+        """A descriptor QEMU stops on (IQE) and the model runs past; then QEMU alone is
+        brought past it (the slot rewritten as a plain IF wait) so both agree again."""
+        index = self.tail
+        self.place(index, d)
+        self.tail += 1
+        self.both(IQT, self.tail << 5, 8)
+        qemu, model = self.state()
+        assert qemu == (index << 5, IQE, 0), f"QEMU accepted {d}: has QEMU changed?"
+        assert model == (self.tail << 5, 0, 0)
+        self.place(index, wait_desc(if_=1))
+        self.q.reg_write(FSTS, IQE, 4)
+        self.q.reg_write(IQT, self.tail << 5, 8)
+        assert self.q.reg_read(IQH, 8) == self.tail << 5
 
     def recover(self, index: int) -> None:
         """What Linux does after IQE: overwrite the bad descriptor with a wait, then resume."""
@@ -573,17 +582,7 @@ def test_divergence_wait_neither_sw_nor_if() -> None:
     with _machine() as q:
         u = Unit(q)
         for d in (wait_desc(), wait_desc(fn=1)):
-            index = u.tail
-            u.place(index, d)
-            u.tail += 1
-            u.both(IQT, u.tail << 5, 8)
-            qemu, model = u.state()
-            assert qemu == (index << 5, IQE, 0), f"QEMU accepted {d}: has QEMU changed?"
-            assert model == (u.tail << 5, 0, 0)
-            u.place(index, wait_desc(if_=1))  # bring QEMU past it
-            u.q.reg_write(FSTS, IQE, 4)
-            u.q.reg_write(IQT, u.tail << 5, 8)
-            assert u.q.reg_read(IQH, 8) == u.tail << 5
+            u.qemu_rejects_model_accepts(d)
             u.both(ICS, 1, 4)
             COMPARED["wait"] += 1
 
@@ -599,17 +598,7 @@ def test_divergence_devtlb_pfsid_reserved() -> None:
         u = Unit(q)
         for d in (devtlb_desc(u.sid, pfsid=0x0012), devtlb_desc(u.sid, pfsid=0x1230),
                   pdevtlb_desc(u.sid, 0, pfsid=0x0003)):
-            index = u.tail
-            u.place(index, d)
-            u.tail += 1
-            u.both(IQT, u.tail << 5, 8)
-            qemu, model = u.state()
-            assert qemu == (index << 5, IQE, 0), f"QEMU accepted {d}: has QEMU changed?"
-            assert model == (u.tail << 5, 0, 0)
-            u.place(index, wait_desc(if_=1))
-            u.q.reg_write(FSTS, IQE, 4)
-            u.q.reg_write(IQT, u.tail << 5, 8)
-            assert u.q.reg_read(IQH, 8) == u.tail << 5
+            u.qemu_rejects_model_accepts(d)
             u.both(ICS, 1, 4)
             COMPARED[TYPE_NAMES[desc_type_of(d[0])]] += 1
 

@@ -84,14 +84,8 @@ def check(ok: bool, what: str) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def _summary(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    line = (f"qtest translation oracle: {STATS['dma']} DMAs compared, {STATS['faults']} fault records "
-            f"compared, {STATS['mismatches']} mismatches")
-    capman = request.config.pluginmanager.getplugin("capturemanager")
-    if capman is None:
-        print(line)
-        return
-    with capman.global_and_fixture_disabled():
-        print("\n" + line)
+    rig.print_past_capture(request.config, f"qtest translation oracle: {STATS['dma']} DMAs compared, "
+                           f"{STATS['faults']} fault records compared, {STATS['mismatches']} mismatches")
 
 
 # ------------------------------------------------------------------------------ the rig
