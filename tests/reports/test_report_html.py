@@ -165,3 +165,11 @@ def test_render_bundle_writes_into_the_bundle_and_names_the_files(make_bundle: B
                                         junit_out=tmp_path / "x" / "j.xml")
     assert out_html.exists() and out_junit.exists()
     assert "report" not in Bundle.open(other).manifest.files
+
+
+def test_preflight_rows_say_yes_no_or_note_as_the_verdict_does(make_bundle: BundleFactory) -> None:
+    html = render_html(load_run(make_bundle()))
+    found = re.findall(r'<tr class="([^"]*)"><td>(?:qemu|kvm|QEMU 11 from sid)</td><td>(\w+)</td>', html)
+    rows = {mark: cls for cls, mark in found}
+    # ok True -> yes; ok False -> no, marked failing; ok None (a note) -> note, not failing
+    assert rows == {"yes": "", "no": "failing", "note": ""}
