@@ -6,6 +6,7 @@ import time
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -38,12 +39,12 @@ def build(force: bool) -> None:
         task = progress.add_task("resolving package versions", total=None)
 
         def say(msg: str) -> None:
-            progress.update(task, description=msg)
-            progress.console.log(msg)
+            progress.update(task, description=escape(msg))
+            progress.console.log(escape(msg))
 
         img = ensure_image(say, force=force)
     console.print(
-        f"image [bold]{img.digest[:12]}[/] at {img.dir} "
+        f"image [bold]{img.digest[:12]}[/] at {escape(str(img.dir))} "
         f"(kernel {img.manifest['kernel']}, {time.monotonic() - t0:.1f} s)"
     )
 
@@ -51,7 +52,7 @@ def build(force: bool) -> None:
 @image.command()
 def info() -> None:
     """Digest, path, sizes and package versions of the image for the current recipe."""
-    resolution = current_resolution(lambda msg: console.log(msg))
+    resolution = current_resolution(lambda msg: console.log(escape(msg)))
     digest = recipe_digest(resolution)
     d = images_dir() / digest
     table = Table(title="guest image", show_header=False)

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.errors import SvmvalError
@@ -42,10 +43,10 @@ def hosts(ctx: click.Context) -> None:
     for name in inv.names():
         h = inv.hosts[name]
         table.add_row(
-            name,
+            escape(name),
             h.kind.value,
-            "-" if h.is_local else f"{h.user}@{h.address}:{h.port}",
-            h.device or "-",
+            "-" if h.is_local else escape(f"{h.user}@{h.address}:{h.port}"),
+            escape(h.device or "-"),
             h.nesting.value,
             f"{h.guest_cpus} CPUs, {h.guest_memory_mib} MiB",
         )
@@ -96,12 +97,12 @@ def run_cmd(ctx: click.Context, host_name: str, artifacts: str, workloads: tuple
     files = outcome.bundle.manifest.files
     for role in ("report", "junit"):
         if role in files:
-            console.print(f"{role}: {outcome.bundle.path / files[role]}")
+            console.print(escape(f"{role}: {outcome.bundle.path / files[role]}"))
     mf = outcome.bundle.manifest
     if mf.error:
-        console.print(f"[bold red]run could not complete:[/] {mf.error}", highlight=False)
+        console.print(f"[bold red]run could not complete:[/] {escape(mf.error)}", highlight=False)
     console.print(f"verdict: [bold]{mf.verdict.value.upper()}[/] in {mf.durations.get('total_s', 0)} s "
-                  f"(bundle {outcome.bundle.path})")
+                  f"(bundle {escape(str(outcome.bundle.path))})")
     ctx.exit(0 if outcome.ok else 1)
 
 
@@ -119,12 +120,12 @@ def restore(ctx: click.Context, host_name: str) -> None:
         raise click.UsageError("the local lab changes nothing on this machine: there is nothing to restore")
     with SshTarget(host) as target:
         done = restore_host(target, host)
-    console.print(f"{host_name}: " + (", ".join(done) if done else "nothing to restore (no lock, no journal)"))
+    console.print(escape(f"{host_name}: " + (", ".join(done) if done else "nothing to restore (no lock, no journal)")))
 
 
 def _progress(status: Any, msg: str) -> None:
-    status.update(msg)
-    console.log(msg)
+    status.update(escape(msg))
+    console.log(escape(msg))
 
 
 def summary_table(outcome: Any) -> Table:
@@ -134,11 +135,11 @@ def summary_table(outcome: Any) -> Table:
     colour = {"pass": "green", "fail": "bold red", "skip": "yellow", "error": "bold red"}
     for r in (outcome.workloads or {}).get("results", []):
         v = r["verdict"]
-        table.add_row("workload", r["name"], f"[{colour[v]}]{v}[/]", "-", r.get("reason") or "")
+        table.add_row("workload", escape(r["name"]), f"[{colour[v]}]{v}[/]", "-", escape(r.get("reason") or ""))
     for c in outcome.checks:
         v = c.verdict.value
         name = f"{c.name} ({c.workload})" if c.workload else c.name
-        table.add_row("check", name, f"[{colour[v]}]{v}[/]", c.traffic.value, c.summary)
+        table.add_row("check", escape(name), f"[{colour[v]}]{v}[/]", c.traffic.value, escape(c.summary))
     return table
 
 
@@ -166,7 +167,7 @@ def main() -> None:
         if isinstance(rv, int):
             sys.exit(rv)
     except SvmvalError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except click.exceptions.Abort:
         sys.exit(130)

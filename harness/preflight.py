@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 
+from rich.markup import escape
 from rich.table import Table
 
 from host_setup.verdict import Verdict
@@ -181,5 +182,5 @@ def render_verdicts(verdicts: list[Verdict], title: str) -> Table:
         table.add_column(col, overflow="fold")
     for v in verdicts:
         mark = {True: "[green]ok[/]", False: "[bold red]FAIL[/]", None: "[yellow]note[/]"}[v.ok]
-        table.add_row(v.name, mark, v.value, v.fix)
+        table.add_row(escape(v.name), mark, escape(v.value), escape(v.fix))
     return table

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from harness.errors import ConfigError
 from reports.compare import (
@@ -61,10 +62,10 @@ def report(
         html_path, junit_path = render_bundle(bundle, html_out=out, junit_out=junit)
         run = load_run(bundle)
         counts = run.counts()
-        console.print(f"run {run.run_id}: {run.manifest.verdict.value} "
+        console.print(escape(f"run {run.run_id}: {run.manifest.verdict.value} "
                       f"({counts['pass']} pass, {counts['fail']} fail, {counts['error']} error, "
-                      f"{counts['skip']} skip)", highlight=False)
-        console.print(f"wrote {html_path}\nwrote {junit_path}", highlight=False)
+                      f"{counts['skip']} skip)"), highlight=False)
+        console.print(escape(f"wrote {html_path}\nwrote {junit_path}"), highlight=False)
         return
     if compare:
         c = compare_runs(load_run(compare[0]), load_run(compare[1]))
@@ -78,4 +79,4 @@ def report(
     if html_out and page is not None:
         html_out.parent.mkdir(parents=True, exist_ok=True)
         html_out.write_text(page, encoding="utf-8")
-        console.print(f"wrote {html_out}", highlight=False)
+        console.print(escape(f"wrote {html_out}"), highlight=False)

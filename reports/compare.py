@@ -10,6 +10,7 @@ from pathlib import Path
 
 from markupsafe import Markup
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.errors import SvmvalError
@@ -134,7 +135,7 @@ def print_comparison(c: Comparison, console: Console) -> None:
              Change.NOT_JUDGED: "yellow", Change.NEW: "cyan"}
     shown = [ch for ch in c.changes if ch.change != Change.UNCHANGED]
     for ch in sorted(shown, key=lambda ch: list(Change).index(ch.change)):
-        table.add_row(ch.change.value, ch.key, _v(ch.old), _v(ch.new), ch.message,
+        table.add_row(ch.change.value, escape(ch.key), _v(ch.old), _v(ch.new), escape(ch.message),
                       style=style.get(ch.change))
     console.print(table)
     console.print(f"{len(c.changes) - len(shown)} testcase(s) unchanged.")
@@ -143,7 +144,7 @@ def print_comparison(c: Comparison, console: Console) -> None:
         for col in ("metric", "old", "new", "change"):
             perf.add_column(col, justify="left" if col == "metric" else "right")
         for d in c.deltas:
-            perf.add_row(d.metric, f"{d.old:.4g} {d.unit}", f"{d.new:.4g} {d.unit}", _pct(d),
+            perf.add_row(escape(d.metric), f"{d.old:.4g} {d.unit}", f"{d.new:.4g} {d.unit}", _pct(d),
                          style="red" if d.regression else None)
         console.print(perf)
 
@@ -198,14 +199,14 @@ def print_trend(t: Trend, console: Console) -> None:
                 *t.phase_names):
         table.add_column(col)
     for r in t.rows:
-        table.add_row(r.started, r.run_id, r.verdict.value,
+        table.add_row(r.started, escape(r.run_id), r.verdict.value,
                       *(str(r.counts[k]) for k in ("pass", "fail", "error", "skip")),
                       "-" if r.duration_s is None else f"{r.duration_s:.1f} s",
                       *(f"{r.phases[p]:.1f} s" if p in r.phases else "-" for p in t.phase_names),
                       style="red" if r.verdict in FAILING else None)
     console.print(table)
     for path, why in t.unreadable:
-        console.print(f"[yellow]skipped {path}:[/] {why}", highlight=False)
+        console.print(f"[yellow]skipped {escape(str(path))}:[/] {escape(why)}", highlight=False)
 
 
 def trend_html(t: Trend) -> str:

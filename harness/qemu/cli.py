@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import tempfile
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from guest_image.build import ensure_image
 from harness.inventory import load_inventory
@@ -17,27 +19,40 @@ from harness.qemu.sid import ensure_sid_qemu, local_qemu
 console = Console(stderr=True)
 
 
+def guest_command(words: tuple[str, ...]) -> str:
+    """The shell line run in the guest: one word is a command line of its own
+    (`-- 'dmesg | tail'`); several are a program and its arguments, each quoted as a
+    shell would, so `-- python3 -c 'import sys; print(1)'` keeps its argument whole."""
+    if not words:
+        return "uname -a"
+    return words[0] if len(words) == 1 else shlex.join(words)
+
+
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("--host", default="local", show_default=True, help="inventory host (boot runs the local lab)")
 @click.option("--artifacts", type=click.Path(file_okay=False), help="keep console/trace here")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def boot(ctx: click.Context, host: str, artifacts: str | None, cmd: tuple[str, ...]) -> None:
-    """Boot the guest, run CMD in it (default: uname -a), print its output, shut down."""
+    """Boot the guest, run CMD in it (default: uname -a), print its output, shut down.
+
+    One CMD word is a shell command line ('dmesg | tail'); several are a program and
+    its arguments, passed on with their quoting."""
     spec = load_inventory(ctx.obj.get("inventory") if ctx.obj else None).get(host)
     if not spec.is_local:
         raise click.UsageError(f"boot runs the local lab; for {host!r} use `svmval run --host {host}`")
-    command = " ".join(cmd) if cmd else "uname -a"
+    command = guest_command(cmd)
     run_dir = Path(artifacts) if artifacts else Path(tempfile.mkdtemp(prefix="svmval-boot-"))
     with console.status("guest image") as status:
-        image = ensure_image(status.update)
+        say = lambda msg: status.update(escape(msg))  # noqa: E731 - user text, not markup
+        image = ensure_image(say)
         with local_guest(image, run_dir / "vm", memory_mib=spec.guest_memory_mib, cpus=spec.guest_cpus,
-                         qemu_binary=local_qemu(spec.qemu), say=status.update) as guest:
-            status.update(f"running: {command}")
+                         qemu_binary=local_qemu(spec.qemu), say=say) as guest:
+            status.update(escape(f"running: {command}"))
             result = guest.channel.run(command)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
-    console.print(f"[dim]artefacts: {run_dir}; boot {guest.boot_s:.1f} s guest time[/]")
+    console.print(f"[dim]{escape(f'artefacts: {run_dir}')}; boot {guest.boot_s:.1f} s guest time[/]")
     ctx.exit(result.exit_code)
 
 
@@ -52,5 +67,5 @@ def install_sid(force: bool) -> None:
     """Fetch QEMU 11.x from Debian sid into the cache (no host install); select it for
     the local lab with `qemu = "sid"` in the inventory's [hosts.local]."""
     with console.status("QEMU from sid") as status:
-        path = ensure_sid_qemu(status.update, force=force)
+        path = ensure_sid_qemu(lambda msg: status.update(escape(msg)), force=force)
     click.echo(path)
