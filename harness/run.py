@@ -39,6 +39,7 @@ from harness.preflight import run_local_preflight
 from harness.qemu.session import local_guest
 from harness.qemu.sid import local_qemu
 from harness.trace.events import RegDmarRoot
+from harness.trace.formats import declarations_of
 from harness.trace.parser import iter_events
 from reports.bundle import Bundle, CheckResult, Manifest, Traffic, Verdict
 
@@ -144,6 +145,7 @@ def run_in_guest(
     """Workloads and checks in a booted guest: a local GuestSession or a lab host's
     RemoteSession (`hold=False` runs edu_dma without its held GVA->HPA check)."""
     ch = g.channel
+    keep_trace_formats(bundle, g.trace_format())
     say("uploading workloads")
     ch.run(f"rm -rf {GUEST_WORKDIR}/workloads {HOLD_DIR} && mkdir -p {GUEST_WORKDIR} {HOLD_DIR}")
     ch.put(REPO_ROOT / "workloads", f"{GUEST_WORKDIR}/workloads")
@@ -296,6 +298,16 @@ def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     merged = dict(parts[-1])
     merged["results"] = [r for p in parts for r in p["results"]]
     return merged
+
+
+def keep_trace_formats(bundle: Bundle, trace_events_all: Path) -> None:
+    """The vtd_* format lines of the QEMU that writes the trace, kept beside it: a
+    report re-rendered elsewhere reads the trace with the formats it was written in."""
+    out = bundle.path / "vm" / "trace-formats"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(declarations_of(trace_events_all.read_text(), "vtd_"))
+    bundle.manifest.files["trace-formats"] = "vm/trace-formats"
+    bundle.save()
 
 
 def collect_vm_files(bundle: Bundle) -> None:

@@ -100,7 +100,7 @@ def render_html(run: RunView) -> str:
     ]
     rows = [(o, f"finding-{i}" if i in shown else None) for i, o in enumerate(outcomes)]
 
-    qi, qi_absent = qi_for(run.file("trace"))
+    qi, qi_absent = qi_for(run.file("trace"), run.file("trace-formats"))
     plots: list[Plot] = all_plots(run, qi, qi_absent)
     host_bw = {w.name: w.bandwidth for w in run.workloads_host}
     workload_rows = [

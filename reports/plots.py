@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from reports.bundle import DATA_INV_TO_USE, DATA_INV_TO_USE_UNIT, DATA_PRQ_LATENCY_US, Verdict
-from reports.tracedata import QiTrace, read_qi
+from reports.tracedata import QiTrace, TraceParseError, read_qi
 from reports.view import RunView, WorkloadRow
 
 BUCKETS = 40
@@ -251,8 +251,11 @@ def trend_plot(dates: list[str], passed: list[int], failed: list[int],
     return Plot(anchor, title, _png(fig))
 
 
-def qi_for(trace: Path | None) -> tuple[QiTrace | None, str]:
+def qi_for(trace: Path | None, formats: Path | None = None) -> tuple[QiTrace | None, str]:
     """The trace's QI descriptors, or why there are none to plot."""
     if trace is None:
         return None, "the bundle has no trace.log"
-    return read_qi(trace), ""
+    try:
+        return read_qi(trace, formats), ""
+    except TraceParseError as exc:
+        return None, f"trace.log could not be read: {exc}"

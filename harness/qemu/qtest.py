@@ -36,8 +36,9 @@ class QtestError(EnvironmentBroken):
 
 class QtestMachine:
     def __init__(self, iommu_props: str, *, memory_mib: int = 512, qemu: str = "qemu-system-x86_64",
-                 testdev: bool = False):
-        """`testdev` adds QEMU 11's iommu-testdev (PCI 1b36:0005) beside edu."""
+                 testdev: bool = False, extra_args: tuple[str, ...] = ()):
+        """`testdev` adds QEMU 11's iommu-testdev (PCI 1b36:0005) beside edu; `extra_args`
+        go at the end of the command line (e.g. `-trace`)."""
         self.tmp = Path(tempfile.mkdtemp(prefix="svmval-qtest-"))
         bios = self.tmp / "halt.bin"
         image = bytearray(64 * 1024)
@@ -48,7 +49,7 @@ class QtestMachine:
             "-nodefaults", "-m", f"{memory_mib}M", "-accel", "tcg", "-icount", "shift=0,sleep=off",
             "-bios", str(bios), "-device", f"intel-iommu,{iommu_props}",
             "-device", "edu,dma_mask=0xffffffffffffffff",
-        ] + (["-device", "iommu-testdev"] if testdev else [])
+        ] + (["-device", "iommu-testdev"] if testdev else []) + list(extra_args)
         self.proc: subprocess.Popen[str] | None = None
         self.edu_sid = -1
         self.testdev_sid = -1

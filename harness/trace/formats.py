@@ -41,6 +41,12 @@ _CONV = re.compile(r"%(?P<flags>[-+ #0]*)(?P<width>\d*)(?:\.\d+)?"
 Converter = Callable[[str], object]
 
 
+def declarations_of(text: str, prefix: str) -> str:
+    """The lines of a trace-events file that declare events named `prefix...`."""
+    return "".join(ln for ln in text.splitlines(keepends=True)
+                   if (m := _DECL.match(ln.strip())) is not None and m.group(1).startswith(prefix))
+
+
 def _hex(s: str) -> int:
     return int(s, 16)
 

@@ -36,13 +36,38 @@ from .formats import EventFormat, EventTable, load_event_table
 
 Source = str | Path | Iterable[str]
 
-_TS_PREFIX = re.compile(r"(\d+)@(\d+\.\d+)$")
-# QEMU 11 prints ISO 8601 UTC times instead of PID@SECONDS: "2026-11-24T20:26:22.230274Z name ..."
-_ISO_PREFIX = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z")
+# The one timestamp grammar for `-msg timestamp=on` lines, both forms QEMU writes:
+#   QEMU <= 10.x: "PID@SECONDS.MICROS:name args"
+#   QEMU >= 11:   "2026-11-24T20:26:22.230274Z name args", and, when the microseconds
+#                 are 0, glib's ISO 8601 drops the fraction: "2026-12-01T20:30:37Z name".
+STAMP = re.compile(
+    r"(?:(?P<pid>\d+)@(?P<secs>\d+(?:\.\d+)?):"
+    r"|(?P<iso>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) )"
+)
+_EPOCH_OF: dict[str, float] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch seconds (one parse per second)
 
 
-def _iso_seconds(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+def iso_seconds(stamp: str) -> float:
+    """Epoch seconds of QEMU 11's "YYYY-MM-DDTHH:MM:SS[.ffffff]Z" (raises ValueError)."""
+    if len(stamp) < 20 or stamp[-1] != "Z" or (len(stamp) > 20 and stamp[19] != "."):
+        raise ValueError(f"not an ISO 8601 UTC time: {stamp!r}")
+    whole = stamp[:19]
+    base = _EPOCH_OF.get(whole)
+    if base is None:
+        base = _EPOCH_OF[whole] = datetime.fromisoformat(whole + "+00:00").timestamp()
+    return base + (float("0" + stamp[19:-1]) if len(stamp) > 20 else 0.0)
+
+
+def parse_stamp(text: str) -> tuple[int | None, float, int] | None:
+    """(pid, seconds, length of the prefix) of a timestamped line, or None."""
+    m = STAMP.match(text)
+    if m is None:
+        return None
+    if m.group("iso") is not None:
+        return None, iso_seconds(m.group("iso")), m.end()
+    return int(m.group("pid")), float(m.group("secs")), m.end()
+
+
 _CHUNK = 8 << 20  # characters per read on the selective path
 
 
@@ -141,16 +166,12 @@ def _parse_line(text: str, lineno: int, comp: dict[str, _Compiled],
     body = text
     pid: int | None = None
     ts: float | None = None
-    if text[:1].isdigit() and (iso := _ISO_PREFIX.match(text)) is not None:
-        ts = _iso_seconds(iso.group(0))
-        body = text[iso.end() + 1:]
-    elif text[:1].isdigit():
-        colon = text.find(":")
-        m = _TS_PREFIX.match(text, 0, colon) if colon > 0 else None
-        if m is None:
+    if text[:1].isdigit():
+        stamp = parse_stamp(text)
+        if stamp is None:
             return BadLine("", lineno, None, None, text, "bad timestamp prefix")
-        pid, ts = int(m.group(1)), float(m.group(2))
-        body = text[colon + 1:]
+        pid, ts, end = stamp
+        body = text[end:]
     name, sep, rest = body.partition(" ")
     if wanted is not None and name not in wanted:
         return None
@@ -213,8 +234,9 @@ def _scan(path: Path, comp: dict[str, _Compiled], wanted: frozenset[str]
         # The timestamp prefix is decided once per file from its first line;
         # a line in the other form simply fails the count check below and is
         # then reported by the line-by-line locator.
-        iso = _ISO_PREFIX.match(first) is not None
-        sep = "Z " if iso else ":" if first[:1].isdigit() else "\n"
+        first_stamp = STAMP.match(first)
+        iso = first_stamp is not None and first_stamp.group("iso") is not None
+        sep = "Z " if iso else ":" if first_stamp is not None else "\n"
         fh.seek(0)
         finders = []
         for name in sorted(wanted):
@@ -257,7 +279,7 @@ def _scan(path: Path, comp: dict[str, _Compiled], wanted: frozenset[str]
                 ts: float | None = None
                 if iso:
                     try:
-                        ts = _iso_seconds(chunk[ls:pos + 1])
+                        ts = iso_seconds(chunk[ls:pos + 1])
                     except ValueError:
                         yield BadLine(name, line, None, None, chunk[ls:chunk.find("\n", ls)],
                                       "bad timestamp prefix")

@@ -173,3 +173,19 @@ def test_preflight_rows_say_yes_no_or_note_as_the_verdict_does(make_bundle: Bund
     rows = {mark: cls for cls, mark in found}
     # ok True -> yes; ok False -> no, marked failing; ok None (a note) -> note, not failing
     assert rows == {"yes": "", "no": "failing", "note": ""}
+
+
+def test_a_qemu11_bundle_draws_the_descriptor_mix(make_bundle: BundleFactory) -> None:
+    # The trace of QEMU 11.1.3 (ISO timestamps, one whole-second line) with the formats
+    # the run keeps beside it, as harness/run.py writes them into vm/trace-formats.
+    traces = Path(__file__).resolve().parents[1] / "fixtures" / "traces"
+    path = make_bundle()
+    bundle = Bundle.open(path)
+    (path / "trace.log").write_text((traces / "qemu11-whole-second.trace").read_text())
+    (path / "trace-formats").write_text((traces / "qemu11.1.3-vtd-trace-events").read_text())
+    bundle.manifest.files["trace-formats"] = "trace-formats"
+    bundle.save()
+    html = render_html(load_run(path))
+    section = html[html.index('id="plot-qi-mix"'):].split("</figure>")[0]
+    assert "Not drawn" not in section and "<img" in section
+    assert "67 descriptors in 201 trace lines" in section

@@ -1,8 +1,9 @@
 """The report's building blocks: masking that keeps line numbers, excerpt windows,
-the QI regex on the real trace, lenient workload parsing, CheckResult.data."""
+the QI descriptors of real traces (QEMU 10 and 11), lenient workload parsing, CheckResult.data."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -12,8 +13,10 @@ from report_bundles import PRIVATE_KEY, fixture_text
 from harness.errors import ConfigError
 from reports.bundle import CheckResult, Traffic, Verdict, mask_secrets, mask_secrets_keep_lines
 from reports.excerpts import build_excerpts, clean_line
-from reports.tracedata import read_qi
+from reports.tracedata import TraceParseError, read_qi
 from reports.view import parse_workloads
+
+TRACES = Path(__file__).resolve().parents[1] / "fixtures" / "traces"
 
 
 def test_mask_keeping_lines_keeps_the_line_count_and_catches_an_unended_key() -> None:
@@ -58,11 +61,20 @@ def test_read_qi_on_the_real_trace(tmp_path: Path) -> None:
     assert all(d.timestamp is not None for d in qi.descriptors)
 
 
-def test_read_qi_without_timestamps_and_other_wording(tmp_path: Path) -> None:
+def test_read_qi_of_a_qemu11_trace_with_a_whole_second_line() -> None:
+    # Real QEMU 11.1.3 lines (tests/fixtures/traces/README.md); line 101 is stamped
+    # "2026-12-01T20:31:37Z": glib drops the fraction when the microseconds are 0.
+    qi = read_qi(TRACES / "qemu11-whole-second.trace", TRACES / "qemu11.1.3-vtd-trace-events")
+    assert qi.total_lines == 201
+    assert [d.line for d in qi.descriptors if d.timestamp is not None and d.timestamp == int(d.timestamp)] == [101]
+    assert len(qi.descriptors) == 67 and {d.type for d in qi.descriptors} == {"iotlb"}
+
+
+def test_a_descriptor_line_that_does_not_parse_is_an_error_naming_file_and_line(tmp_path: Path) -> None:
     f = tmp_path / "trace.log"
     f.write_text("vtd_reg_write x\nvtd_inv_desc invalidation type iotlb high 0x0 low 0x12\n")
-    (d,) = read_qi(f).descriptors
-    assert (d.line, d.type, d.low, d.timestamp) == (2, "iotlb", 0x12, None)
+    with pytest.raises(TraceParseError, match=rf"{re.escape(str(f))}:2: "):
+        read_qi(f, TRACES / "qemu10.0.2-vtd-trace-events")
 
 
 def test_workloads_parsing_is_lenient_about_optional_fields_but_not_the_schema() -> None:
