@@ -17,7 +17,7 @@ from harness.errors import SvmvalError
 from reports.bundle import Verdict
 from reports.html import environment
 from reports.plots import trend_plot
-from reports.view import FAILING, Outcome, RunView, find_bundles, load_run
+from reports.view import FAILING, Outcome, RunView, WorkloadRow, find_bundles, load_run
 
 # A change smaller than this is run-to-run noise on a shared TCG machine, not a trend.
 REGRESSION_PCT = 10.0
@@ -93,12 +93,22 @@ def _classify(old: Verdict | None, new: Verdict | None) -> Change:
     return Change.NEW if old is None else Change.UNCHANGED
 
 
+def _ratios(w: WorkloadRow, host: dict[str, dict[str, float]]) -> dict[str, float]:
+    """guest/host per flavour: as the run attached it, else from the bundle's host run."""
+    if w.bandwidth_ratio:
+        return dict(w.bandwidth_ratio)
+    h = host.get(w.name, {})
+    return {k: v / h[k] for k, v in w.bandwidth.items() if h.get(k)}
+
+
 def _metrics(run: RunView) -> dict[str, tuple[float, str, bool]]:
     """metric -> (value, unit, higher_is_better)"""
     m: dict[str, tuple[float, str, bool]] = {}
+    host = {w.name: w.bandwidth for w in run.workloads_host}
     for w in run.workloads:
         m |= {f"{w.name} time {k}": (v, "s", False) for k, v in w.timings.items()}
         m |= {f"{w.name} bandwidth {k}": (v, "GB/s", True) for k, v in w.bandwidth.items()}
+        m |= {f"{w.name} bandwidth ratio {k}": (v, "guest/host", True) for k, v in _ratios(w, host).items()}
     m |= {f"phase {k}": (v, "s", False) for k, v in run.manifest.durations.items()}
     total = run.duration_s()
     if total is not None:

@@ -188,17 +188,29 @@ def translations(run: RunView) -> Plot:
                 if by_count else "one unit per check (the checks carry no passed/failed counts)")
 
 
-def _bandwidth_points(rows: list[WorkloadRow]) -> dict[str, float]:
+def _bandwidth_points(rows: list[WorkloadRow], host: bool = False) -> dict[str, float]:
     return {(w.name if k == w.name else f"{w.name}\n{k}"): v
-            for w in rows for k, v in w.bandwidth.items()}
+            for w in rows for k, v in (w.bandwidth_host if host else w.bandwidth).items()}
+
+
+def _ratio_points(rows: list[WorkloadRow]) -> dict[str, float]:
+    return {(w.name if k == w.name else f"{w.name}\n{k}"): v for w in rows for k, v in w.bandwidth_ratio.items()}
 
 
 def bandwidth(run: RunView) -> Plot:
+    """Guest and host bars side by side per workload and flavour, the guest/host ratio above
+    each pair. The host side comes from workloads-host.json, else from the bandwidth_host the
+    run attached to workloads.json (harness.baseline.attach_ratio)."""
     anchor, title = "plot-bandwidth", "SVM bandwidth, guest vs host"
-    guest, host = _bandwidth_points(run.workloads), _bandwidth_points(run.workloads_host)
+    guest = _bandwidth_points(run.workloads)
+    host = _bandwidth_points(run.workloads_host) or _bandwidth_points(run.workloads, host=True)
     if not guest and not host:
         return Plot(anchor, title, missing="no workload result carries 'bandwidth'")
     labels = list(dict.fromkeys([*guest, *host]))
+    ratios = _ratio_points(run.workloads)
+    for k in labels:  # a ratio from the two sides when the bundle did not carry one
+        if k not in ratios and guest.get(k) and host.get(k):
+            ratios[k] = guest[k] / host[k]
     fig = _figure(bars=2 * len(labels))
     ax = fig.add_subplot()
     step = 0.4
@@ -211,12 +223,21 @@ def bandwidth(run: RunView) -> Plot:
     if host:
         ax.bar([x + step / 2 for x in xs], [host.get(k, nan) for k in labels], step,
                color=COLORS[1], label="host")
+        top = max([*guest.values(), *host.values(), 0.0])
+        for x, k in zip(xs, labels, strict=True):
+            if k in ratios:
+                ax.annotate(f"x{ratios[k]:.3g}", (x, max(guest.get(k, 0.0), host.get(k, 0.0))),
+                            xytext=(0, 3), textcoords="offset points", ha="center", fontsize="small")
+        ax.set_ylim(0, top * 1.15 if top > 0 else 1)
     ax.set_xticks(list(xs), labels, fontsize="small")
     ax.set_ylabel("GB/s")
     ax.legend(fontsize="small")
     notes = []
     if not host:
-        notes.append("no host run in this bundle (workloads-host.json): guest bars only")
+        notes.append("no host run in this bundle (workloads-host.json, bandwidth_host): guest bars only")
+    else:
+        notes.append("above each pair: guest / host; under TCG a tiny ratio measures CPU emulation, "
+                     "not the vIOMMU")
     gaps = [k.replace("\n", " ") for k in labels if (k in guest) != (k in host) and host]
     if gaps:
         notes.append(f"measured on one side only: {', '.join(gaps)}")

@@ -18,7 +18,10 @@ from typing import Any
 from harness.errors import ConfigError
 from reports.bundle import Bundle, CheckResult, Finding, Manifest, Traffic, Verdict
 
-WORKLOADS_SCHEMA = "svmval.workloads/1"
+WORKLOADS_SCHEMA = "svmval.workloads/2"
+# /2 adds cts, devices, workarounds, exercises, and (from harness.baseline) bandwidth_host and
+# bandwidth_ratio; /1 files read the same, those simply absent.
+WORKLOADS_SCHEMAS = ("svmval.workloads/1", WORKLOADS_SCHEMA)
 FAILING = (Verdict.FAIL, Verdict.ERROR)
 
 
@@ -33,6 +36,8 @@ class WorkloadRow:
     timings: dict[str, float]  # seconds, as reported
     bandwidth: dict[str, float]  # flavour -> GB/s
     pages: int  # number of page records (gva/gpa pairs) the workload reported
+    bandwidth_host: dict[str, float] = field(default_factory=dict)  # flavour -> GB/s on the host
+    bandwidth_ratio: dict[str, float] = field(default_factory=dict)  # flavour -> guest / host
 
     @property
     def time_s(self) -> float:
@@ -84,7 +89,7 @@ def _numbers(value: Any, default_key: str) -> dict[str, float]:
 
 
 def parse_workloads(data: dict[str, Any], where: Path) -> list[WorkloadRow]:
-    if data.get("schema") != WORKLOADS_SCHEMA:
+    if data.get("schema") not in WORKLOADS_SCHEMAS:
         raise ConfigError(
             f"{where}: schema {data.get('schema')!r} is not {WORKLOADS_SCHEMA!r}; "
             f"render it with the svmval version that wrote it"
@@ -115,6 +120,8 @@ def parse_workloads(data: dict[str, Any], where: Path) -> list[WorkloadRow]:
                     for k, v in _numbers(r.get("bandwidth"), str(r.get("flavour") or name)).items()
                 },
                 pages=len(r.get("pages") or ()),
+                bandwidth_host={k: v / 1e9 for k, v in _numbers(r.get("bandwidth_host"), name).items()},
+                bandwidth_ratio=_numbers(r.get("bandwidth_ratio"), name),
             )
         )
     return rows

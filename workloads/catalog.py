@@ -145,7 +145,7 @@ Runner = Callable[[Env, Result], None]
 def workload(name: str, category: str, *needs: Svm, cts: tuple[str, ...] = (), cross_device: bool = False,
              mmu_stress: bool = False) -> Callable[[Runner], Runner]:
     def register(fn: Callable[[Env, Result], None]) -> Callable[[Env, Result], None]:
-        doc = (fn.__doc__ or "").strip().splitlines()[0]
+        doc = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
         if mmu_stress:
             doc += " On a CPU device (PoCL) this exercises the CPU's MMU, not the IOMMU."
         CATALOG[name] = Workload(name, category, needs, fn, doc, cts, cross_device, mmu_stress)

@@ -85,8 +85,8 @@ def test_workloads_parsing_is_lenient_about_optional_fields_but_not_the_schema()
     ]}, Path("w.json"))
     assert rows[0].bandwidth == {"a": 2.5} and rows[0].timings == {"run": 1.0}
     assert rows[1].needs == ("fine-grain-system",) and rows[1].bandwidth == {}
-    with pytest.raises(ConfigError, match="svmval.workloads/2"):
-        parse_workloads({"schema": "svmval.workloads/2", "results": []}, Path("w.json"))
+    with pytest.raises(ConfigError, match="svmval.workloads/3"):
+        parse_workloads({"schema": "svmval.workloads/3", "results": []}, Path("w.json"))
     with pytest.raises(ConfigError, match=r"results\[0\]"):
         parse_workloads({"schema": "svmval.workloads/1",
                          "results": [{"name": "a", "verdict": "ok"}]}, Path("w.json"))
