@@ -23,6 +23,9 @@ apt_pkgs=(
     pocl-opencl-icd ocl-icd-libopencl1 ocl-icd-opencl-dev clinfo binutils
     openssh-server openssh-client busybox-static cpio e2fsprogs xz-utils zstd
     debootstrap iproute2 python3-venv dpkg-dev chromium fonts-dejavu-core
+    # svmval's own QEMU build (host_setup/qemu_build)
+    libglib2.0-dev libslirp-dev libpixman-1-dev libfdt-dev device-tree-compiler flex bison
+    ninja-build pkg-config gcc patch
 )
 missing=()
 for p in "${apt_pkgs[@]}"; do

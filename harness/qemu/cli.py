@@ -69,3 +69,17 @@ def install_sid(force: bool) -> None:
     with console.status("QEMU from sid") as status:
         path = ensure_sid_qemu(lambda msg: status.update(escape(msg)), force=force)
     click.echo(path)
+
+
+@qemu.command("build")
+@click.option("--force", is_flag=True, help="fetch the source anew (a newer Debian version if one serves) and rebuild")
+def build(force: bool) -> None:
+    """Build svmval's own QEMU (Debian's qemu source + svmval's VT-d patches and test
+    devices) into the cache and print its path; select it for the local lab with
+    `qemu = "svmval"` in the inventory's [hosts.local]."""
+    from host_setup.qemu_build import ensure_svmval_qemu
+
+    with console.status("svmval's QEMU") as status:
+        path = ensure_svmval_qemu(lambda msg: status.update(escape(msg)), force=force)
+    click.echo(path)
+

@@ -93,6 +93,7 @@ def ensure_sid_qemu(say: Callable[[str], None] = lambda _m: None, *, force: bool
 
 
 SID = "sid"  # an inventory's `qemu = "sid"` selects this build
+SVMVAL = "svmval"  # `qemu = "svmval"`: svmval's own build (host_setup/qemu_build)
 NEWEST = "newest"  # the local lab's default: sid's build, else the system QEMU
 SYSTEM = "qemu-system-x86_64"
 
@@ -100,9 +101,14 @@ SYSTEM = "qemu-system-x86_64"
 def local_qemu(qemu: str, say: Callable[[str], None] = lambda _m: None) -> str:
     """The binary for an inventory's `qemu` field: "sid" means the sid build (fetched
     into the cache when missing, an error if it cannot be), "newest" the same but
-    falling back to the system QEMU, anything else a binary name or path."""
+    falling back to the system QEMU, "svmval" svmval's own build from Debian's source
+    (built into the cache when missing), anything else a binary name or path."""
     if qemu == SID:
         return str(ensure_sid_qemu(say))
+    if qemu == SVMVAL:
+        from host_setup.qemu_build import ensure_svmval_qemu
+
+        return str(ensure_svmval_qemu(say))
     if qemu == NEWEST:
         try:
             return str(ensure_sid_qemu(say))
