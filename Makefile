@@ -6,7 +6,7 @@ PY        := $(VENV)/bin/python
 ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap smoke test bench lint clean
+.PHONY: bootstrap smoke test check bench lint clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -16,9 +16,17 @@ bootstrap:
 smoke: bootstrap
 	$(VENV)/bin/svmval run --host local --artifacts $(ARTIFACTS)
 
-## Lint, then the suite's own tests plus the end-to-end tests on the local lab.
+## Lint, then the suite's own tests plus the end-to-end tests on the local lab. Every
+## test's outcome goes to $(ARTIFACTS)/pytest-log.jsonl as it finishes (a crashed run
+## still leaves its log); each test has a time limit (pyproject.toml, pytest-timeout).
 test: lint
-	$(PY) -m pytest --host local --artifacts $(ARTIFACTS) -p no:cacheprovider $(PYTEST_ARGS)
+	@mkdir -p $(ARTIFACTS)
+	$(PY) -m pytest --host local --artifacts $(ARTIFACTS) -p no:cacheprovider \
+		--report-log=$(ARTIFACTS)/pytest-log.jsonl $(PYTEST_ARGS)
+
+## The quick loop: lint and the tests that start no QEMU and no guest (under a minute).
+check: lint
+	$(PY) -m pytest -m "not slow and not qemu" -p no:cacheprovider -q -n 2 --timeout 120 $(PYTEST_ARGS)
 
 ## Speed and memory targets: model throughput, trace checking, SVM bandwidth.
 bench: bootstrap

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
@@ -82,12 +81,9 @@ def run_cmd(ctx: click.Context, host_name: str, artifacts: str, workloads: tuple
     """The end-to-end run: image, boot, workloads in the guest, checks, report."""
     from pathlib import Path
 
-    from harness.run import run_local
+    from harness.run import run
 
     host = load_inventory(ctx.obj["inventory"]).get(host_name)
-    from host_setup.lab_run import run_lab
-
-    run: Callable[..., Any] = run_local if host.is_local else run_lab
     with console.status("starting") as status:
         outcome = run(
             host, Path(artifacts), workloads=list(workloads) or None,
@@ -145,10 +141,10 @@ def summary_table(outcome: Any) -> Table:
 
 def _register() -> None:
     from guest_image.cli import image
-    from harness.qemu.cli import boot, qemu
+    from harness.qemu.cli import boot, qemu, trace
     from reports.cli import report
 
-    for command in (image, boot, qemu, report):
+    for command in (image, boot, qemu, trace, report):
         cli.add_command(command)
 
 

@@ -102,8 +102,10 @@ class GuestChannel:
         assert self.client is not None
         return self.client
 
-    def run(self, cmd: str, *, timeout: float = 600, env: dict[str, str] | None = None) -> CommandResult:
-        """Run `cmd` through the guest's shell; stdout/stderr are collected whole."""
+    def run(self, cmd: str, *, timeout: float = 600, env: dict[str, str] | None = None,
+            on_line: Callable[[str], None] | None = None) -> CommandResult:
+        """Run `cmd` through the guest's shell; stdout/stderr are collected whole, and
+        `on_line` sees each stdout line as it arrives (before the command ends)."""
         if env:
             cmd = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + cmd
         t0 = time.monotonic()
@@ -114,10 +116,16 @@ class GuestChannel:
         chan.settimeout(timeout)
         chan.exec_command(cmd)
         out, err = bytearray(), bytearray()
+        seen = 0  # bytes of `out` already handed to on_line
         try:
             while True:
                 if chan.recv_ready():
                     out += chan.recv(65536)
+                    if on_line is not None:
+                        end = out.rfind(b"\n") + 1
+                        for line in out[seen:end].decode(errors="replace").splitlines():
+                            on_line(line)
+                        seen = max(seen, end)
                 elif chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
                 elif chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():

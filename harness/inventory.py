@@ -61,6 +61,7 @@ class HostSpec:
     guest_memory_mib: int = 2048
     guest_cpus: int = 2
     hugepages: int = 0  # 2 MiB pages to reserve for guest RAM
+    hugepages_mount: str = "/dev/hugepages"  # the host's hugetlbfs mount (lab-nested guest RAM)
     nesting: Nesting = Nesting.NONE
     workdir: str = "/var/tmp/svmval"  # remote directory for images and run files
     sysroot: str = ""  # read /sys, /proc and /dev under this directory (captured host trees)
@@ -116,6 +117,7 @@ _FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "guest_memory_mib": (int, False),
     "guest_cpus": (int, False),
     "hugepages": (int, False),
+    "hugepages_mount": (str, False),
     "nesting": (str, False),
     "workdir": (str, False),
     "sysroot": (str, False),
@@ -316,6 +318,7 @@ def _parse_host(name: str, table: dict[str, Any], source: Path) -> tuple[HostSpe
             guest_memory_mib=mem,
             guest_cpus=cpus,
             hugepages=hugepages,
+            hugepages_mount=table.get("hugepages_mount", "/dev/hugepages"),
             nesting=nesting,
             workdir=table.get("workdir", "/var/tmp/svmval"),
             sysroot=table.get("sysroot", ""),

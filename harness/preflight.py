@@ -14,7 +14,7 @@ from collections.abc import Callable
 from rich.markup import escape
 from rich.table import Table
 
-from host_setup.verdict import Verdict
+from host_setup.preflight_line import PreflightLine
 
 MIN_QEMU = (10, 0)
 FIX_BOOTSTRAP = "run `make bootstrap` (installs QEMU >= 10.0 from bookworm-backports, PoCL, tools)"
@@ -24,19 +24,19 @@ def _run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[st
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def check_qemu(binary: str) -> list[Verdict]:
+def check_qemu(binary: str) -> list[PreflightLine]:
     from harness.qemu.probe import QemuProbeError, probe_qemu
 
     path = shutil.which(binary)
     if path is None:
-        return [Verdict("QEMU", False, f"{binary} not found", FIX_BOOTSTRAP)]
+        return [PreflightLine("QEMU", False, f"{binary} not found", FIX_BOOTSTRAP)]
     try:
         info = probe_qemu(path)
     except QemuProbeError as exc:
-        return [Verdict("QEMU", False, str(exc), FIX_BOOTSTRAP)]
+        return [PreflightLine("QEMU", False, str(exc), FIX_BOOTSTRAP)]
     version = ".".join(map(str, info.version))
     out = [
-        Verdict(
+        PreflightLine(
             "QEMU version",
             info.version[:2] >= MIN_QEMU,
             f"{version} ({path})",
@@ -52,7 +52,7 @@ def check_qemu(binary: str) -> list[Verdict]:
     ):
         name = info.iommu_property(key)
         out.append(
-            Verdict(
+            PreflightLine(
                 f"intel-iommu {what}",
                 name is not None,
                 name or "property missing",
@@ -61,14 +61,14 @@ def check_qemu(binary: str) -> list[Verdict]:
         )
     svm = info.iommu_property("svm")
     out.append(
-        Verdict(
+        PreflightLine(
             "intel-iommu svm (PRS/PASID to the guest driver)",
             True if svm else None,
             svm or "absent (QEMU < 11: no page requests; PRQ checks use modelled traffic)",
         )
     )
     out.append(
-        Verdict(
+        PreflightLine(
             "accelerator tcg",
             "tcg" in info.accelerators,
             "available" if "tcg" in info.accelerators else "missing",
@@ -78,15 +78,16 @@ def check_qemu(binary: str) -> list[Verdict]:
     return out
 
 
-def check_kvm() -> Verdict:
+def check_kvm() -> PreflightLine:
     # /dev/kvm on these build machines is nested PVM where unmodified guests die with
     # emulation failures (FIELD_NOTES); the local lab uses TCG and says so.
     if not os.path.exists("/dev/kvm"):
-        return Verdict("accelerator kvm", None, "no /dev/kvm: TCG will be used")
+        return PreflightLine("accelerator kvm", None, "no /dev/kvm: TCG will be used")
     modules = open("/proc/modules").read() if os.path.exists("/proc/modules") else ""
     if "kvm_pvm" in modules:
-        return Verdict("accelerator kvm", None, "/dev/kvm is PVM (nested, unreliable): TCG will be used")
-    return Verdict("accelerator kvm", None, "/dev/kvm present: the local lab still uses TCG for repeatable traces")
+        return PreflightLine("accelerator kvm", None, "/dev/kvm is PVM (nested, unreliable): TCG will be used")
+    return PreflightLine("accelerator kvm", None,
+                         "/dev/kvm present: the local lab still uses TCG for repeatable traces")
 
 
 _SVM_BITS = {
@@ -97,7 +98,7 @@ _SVM_BITS = {
 }
 
 
-def check_opencl() -> list[Verdict]:
+def check_opencl() -> list[PreflightLine]:
     import pyopencl as cl
 
     try:
@@ -108,7 +109,7 @@ def check_opencl() -> list[Verdict]:
         error = "no devices"
     if not devices:
         return [
-            Verdict(
+            PreflightLine(
                 "OpenCL platforms",
                 False,
                 error,
@@ -120,7 +121,7 @@ def check_opencl() -> list[Verdict]:
         caps = int(dev.get_info(cl.device_info.SVM_CAPABILITIES))  # type: ignore[call-overload]
         names = [name for bit, name in _SVM_BITS.items() if caps & bit]
         out.append(
-            Verdict(
+            PreflightLine(
                 f"OpenCL {platform.name.strip()} / {dev.name.strip()}",
                 bool(names),
                 f"{dev.version.strip()}; SVM caps {caps:#x}: {', '.join(names) or 'none'}",
@@ -130,17 +131,17 @@ def check_opencl() -> list[Verdict]:
     return out
 
 
-def check_guest_kernel() -> Verdict:
+def check_guest_kernel() -> PreflightLine:
     from guest_image.build import cached_image
 
     image = cached_image()
     if image is not None:
         kernel = image.manifest.get("kernel", image.kernel.name)
-        return Verdict("guest kernel", True, f"{kernel} (image {image.digest[:12]}, cached)")
+        return PreflightLine("guest kernel", True, f"{kernel} (image {image.digest[:12]}, cached)")
     tools = [t for t in ("debootstrap", "mke2fs", "cpio") if shutil.which(t) is None]
     if tools:
-        return Verdict("guest kernel", False, f"image not built; missing {', '.join(tools)}", FIX_BOOTSTRAP)
-    return Verdict(
+        return PreflightLine("guest kernel", False, f"image not built; missing {', '.join(tools)}", FIX_BOOTSTRAP)
+    return PreflightLine(
         "guest kernel",
         None,
         "image not built yet: the first run builds it from Debian packages (about 2 minutes)",
@@ -148,35 +149,35 @@ def check_guest_kernel() -> Verdict:
     )
 
 
-def check_sid_qemu() -> Verdict:
+def check_sid_qemu() -> PreflightLine:
     from harness.qemu.sid import cached_sid_qemu
 
     sid = cached_sid_qemu()
     if sid is None:
-        return Verdict("QEMU 11 from sid", None, "not installed (the local lab fetches it on its first run)",
+        return PreflightLine("QEMU 11 from sid", None, "not installed (the local lab fetches it on its first run)",
                        "`svmval qemu install-sid`: svm=on, PRS, iommu-testdev")
-    return Verdict("QEMU 11 from sid", None, f"installed ({sid}); the local lab's default (qemu = \"newest\")")
+    return PreflightLine("QEMU 11 from sid", None, f"installed ({sid}); the local lab's default (qemu = \"newest\")")
 
 
-def run_local_preflight(qemu: str = "newest") -> list[Verdict]:
+def run_local_preflight(qemu: str = "newest") -> list[PreflightLine]:
     from harness.qemu.sid import local_qemu
 
     chosen = local_qemu(qemu)
-    checks: list[Callable[[], list[Verdict] | Verdict]] = [
+    checks: list[Callable[[], list[PreflightLine] | PreflightLine]] = [
         lambda: check_qemu(chosen),
         check_sid_qemu,
         check_kvm,
         check_opencl,
         check_guest_kernel,
     ]
-    verdicts: list[Verdict] = []
+    verdicts: list[PreflightLine] = []
     for check in checks:
         result = check()
         verdicts.extend(result if isinstance(result, list) else [result])
     return verdicts
 
 
-def render_verdicts(verdicts: list[Verdict], title: str) -> Table:
+def render_verdicts(verdicts: list[PreflightLine], title: str) -> Table:
     table = Table(title=title)
     for col in ("check", "verdict", "value", "fix"):
         table.add_column(col, overflow="fold")

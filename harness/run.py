@@ -1,14 +1,18 @@
-"""The end-to-end run on the local lab: workload in the guest -> vIOMMU traffic -> verdict.
+"""The end-to-end run, one for every host: workload in the guest -> vIOMMU traffic -> verdict.
 
-1. preflight; build or reuse the guest image;
-2. boot the guest (QEMU TCG, emulated VT-d: scalable mode, first stage, caching mode);
-3. upload the workloads package; run edu_dma with a hold point: while it keeps its
+1. a guest session: on the local lab, preflight + the guest image + a local boot
+   (`local_session` here); on a lab host, preflight, provisioning and a boot over SSH
+   (`host_setup.lab_run.lab_session`). Both yield a `harness.session.GuestSession`;
+   nothing below depends on which;
+2. upload the workloads package; run edu_dma with a hold point: while it keeps its
    buffers mapped through the vIOMMU the guest is paused and every page is checked
    GVA -> GPA -> HPA against the guest's live IOMMU tables;
-4. run the rest of the workload catalog;
-5. pause the guest and judge QEMU's vtd_* trace against guest RAM (QI completeness,
+3. run the rest of the workload catalog, each result recorded as it arrives;
+4. pause the guest and judge QEMU's vtd_* trace against guest RAM (QI completeness,
    provoked faults) and drive the model's PRQ with the first-touch pages;
-6. write the result bundle, JUnit and HTML.
+5. write JUnit and HTML. Every workload and check result is in the bundle the moment
+   it completes (`RunRecord`), so a run that dies keeps what it finished and its
+   manifest says where it stopped (`stage`).
 """
 
 from __future__ import annotations
@@ -18,14 +22,16 @@ import json
 import os
 import shlex
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from guest_image.build import ensure_image
 from guest_image.recipe import GUEST_WORKDIR, POCL_CACHE_DIR
+from harness.baseline import attach_ratio, run_host_baseline
 from harness.checks.faults import ExpectedFault, check_faults
 from harness.checks.prq import check_prq_modelled
 from harness.checks.qi import QiReplay
@@ -38,15 +44,22 @@ from harness.paths import REPO_ROOT
 from harness.preflight import run_local_preflight
 from harness.qemu.session import local_guest
 from harness.qemu.sid import local_qemu
+from harness.results import CheckResult, Traffic, Verdict
+from harness.session import GuestSession
 from harness.trace.events import RegDmarRoot
 from harness.trace.formats import declarations_of
 from harness.trace.parser import iter_events
-from reports.bundle import Bundle, CheckResult, Manifest, Traffic, Verdict
+from reports.bundle import Bundle, Manifest
+from workloads.protocol import HOLD_ENV, HoldPoint, parse_result_line
+from workloads.protocol import SCHEMA as WORKLOADS_SCHEMA
 
 Say = Callable[[str], None]
 HOLD_DIR = "/tmp/svmval-hold"
 HOLD_WORKLOAD = "edu_dma"
 GUEST_ENV = {"POCL_CACHE_DIR": POCL_CACHE_DIR, "PYTHONDONTWRITEBYTECODE": "1"}
+# How a run gets its guest: given the bundle (for preflight and manifest facts) and a
+# progress callback, a context manager that yields the booted session.
+SessionFactory = Callable[[HostSpec, Bundle, Say], AbstractContextManager[GuestSession]]
 
 
 @dataclass
@@ -58,6 +71,48 @@ class RunOutcome:
     @property
     def ok(self) -> bool:
         return self.bundle.manifest.verdict is Verdict.PASS
+
+
+@dataclass
+class RunRecord:
+    """What the run has finished, written into the bundle the moment it finishes."""
+
+    bundle: Bundle
+    results: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[CheckResult] = field(default_factory=list)
+    about: dict[str, Any] = field(default_factory=dict)  # the runner's host/device facts
+    host_baseline: dict[str, Any] | None = None  # the same workloads on the host's OpenCL device
+    started: float = field(default_factory=time.monotonic)
+
+    def stage(self, what: str) -> None:
+        self.bundle.manifest.stage = what
+        self.bundle.save()
+
+    def workload(self, result: dict[str, Any]) -> None:
+        self.results.append(result)
+        self._write_workloads()
+
+    def check(self, result: CheckResult) -> None:
+        self.checks.append(result)
+        self.bundle.write_checks(self.checks)
+
+    def runner_facts(self, doc: dict[str, Any]) -> None:
+        """Host, device and mode the workload runner reported (its JSON minus results)."""
+        self.about.update({k: v for k, v in doc.items() if k != "results"})
+        self._write_workloads()
+
+    def workloads_doc(self) -> dict[str, Any] | None:
+        if not self.results and not self.about:
+            return None
+        doc = {"schema": WORKLOADS_SCHEMA, "host": {}, "device": {}, **self.about, "results": self.results}
+        return attach_ratio(doc, self.host_baseline)
+
+    def _write_workloads(self) -> None:
+        doc = self.workloads_doc()
+        if doc is not None:
+            self.bundle.add_json("workloads", "workloads.json", doc)
+            self.bundle.manifest.device = doc.get("device", {})
+            self.bundle.save()
 
 
 def _now() -> str:
@@ -81,7 +136,7 @@ def new_bundle(artifacts: Path, host: HostSpec) -> Bundle:
     return bundle
 
 
-def run_local(
+def run(
     host: HostSpec,
     artifacts: Path,
     *,
@@ -89,64 +144,89 @@ def run_local(
     say: Say = lambda _m: None,
     seed_stale_pte: bool = False,
 ) -> RunOutcome:
-    """The whole run; never raises for a broken environment: it ends up in the bundle."""
+    """The whole run on `host`; never raises for a broken environment (it ends up in the
+    bundle); ctrl-C is re-raised once the bundle is written (and a lab host restored)."""
     bundle = new_bundle(artifacts, host)
     mf = bundle.manifest
-    checks: list[CheckResult] = []
-    results: dict[str, Any] | None = None
-    t_start = time.monotonic()
+    record = RunRecord(bundle)
     try:
-        say("preflight")
-        qemu = local_qemu(host.qemu, say)
-        verdicts = run_local_preflight(qemu)
-        bundle.add_json("preflight", "preflight.json", [v.__dict__ for v in verdicts])
-        failed = [v for v in verdicts if v.failed]
-        if failed:
-            raise EnvironmentBroken("preflight failed: " + "; ".join(f"{v.name}: {v.value} ({v.fix})" for v in failed))
+        if host.is_local:  # a lab host's own OpenCL device is not reached yet (see README)
+            record.stage("host baseline")
+            record.host_baseline = run_host_baseline(workloads, bundle.path / "workloads-host.json", say)
+            if record.host_baseline is not None:
+                mf.files["workloads-host"] = "workloads-host.json"
+        record.stage("starting the guest")
         t0 = time.monotonic()
-        image = ensure_image(say)
-        mf.durations["image_s"] = round(time.monotonic() - t0, 1)
-        mf.guest = {
-            "image_digest": image.digest,
-            "kernel": image.manifest["kernel"],
-            "suite": image.manifest["suite"],
-            **{k: v for k, v in image.manifest["packages"].items() if not k.startswith("linux-image")},
-        }
-        vm_dir = bundle.path / "vm"
-        t0 = time.monotonic()
-        with local_guest(image, vm_dir, memory_mib=host.guest_memory_mib, cpus=host.guest_cpus,
-                         qemu_binary=qemu, say=say) as g:
+        with session_factory(host)(host, bundle, say) as g:
             mf.durations["boot_s"] = round(time.monotonic() - t0, 1)
             mf.qemu = g.qemu.describe()
             bundle.save()
-            results, checks = run_in_guest(g, bundle, workloads, say, seed_stale_pte)
+            run_in_guest(g, record, workloads, say, seed_stale_pte)
+            record.stage("stopping the guest")
         mf.durations["vm_s"] = round(time.monotonic() - t0, 1)
+        record.stage("done")
     except SvmvalError as exc:
-        mf.error = str(exc)
-        say(f"run could not complete: {exc}")
+        mf.error = "\n".join([f"stopped during {mf.stage}: {exc}", *getattr(exc, "__notes__", [])])
+        say(f"run could not complete: {mf.error}")
+    except KeyboardInterrupt as exc:
+        notes = getattr(exc, "__notes__", [])
+        mf.error = "interrupted (ctrl-C); " + ("; ".join(notes) if notes else "the host was restored")
+        raise
     finally:
-        close_run(bundle, results, checks, t_start)
-    return RunOutcome(bundle, checks, results)
+        close_run(record)
+    return RunOutcome(bundle, record.checks, record.workloads_doc())
 
 
-def close_run(bundle: Bundle, results: dict[str, Any] | None, checks: list[CheckResult], t_start: float) -> None:
-    """Whatever happened: register the VM's files, the results and checks, the verdict, the report."""
-    collect_vm_files(bundle)
-    if results is not None:
-        bundle.add_json("workloads", "workloads.json", results)
-        bundle.manifest.device = results.get("device", {})
-    bundle.write_checks(checks)
-    finish_bundle(bundle, results, checks, time.monotonic() - t_start)
+def session_factory(host: HostSpec) -> SessionFactory:
+    if host.is_local:
+        return local_session
+    from host_setup.lab_run import lab_session  # the lab's SSH stack, only when needed
+
+    return lab_session
+
+
+@contextmanager
+def local_session(host: HostSpec, bundle: Bundle, say: Say) -> Iterator[GuestSession]:
+    """This machine: preflight, the guest image, a boot under TCG."""
+    mf = bundle.manifest
+    say("preflight")
+    qemu = local_qemu(host.qemu, say)
+    verdicts = run_local_preflight(qemu)
+    bundle.add_json("preflight", "preflight.json", [v.__dict__ for v in verdicts])
+    failed = [v for v in verdicts if v.failed]
+    if failed:
+        raise EnvironmentBroken("preflight failed: " + "; ".join(f"{v.name}: {v.value} ({v.fix})" for v in failed))
+    t0 = time.monotonic()
+    image = ensure_image(say)
+    mf.durations["image_s"] = round(time.monotonic() - t0, 1)
+    mf.guest = {
+        "image_digest": image.digest,
+        "kernel": image.manifest["kernel"],
+        "suite": image.manifest["suite"],
+        **{k: v for k, v in image.manifest["packages"].items() if not k.startswith("linux-image")},
+    }
+    with local_guest(image, bundle.path / "vm", memory_mib=host.guest_memory_mib, cpus=host.guest_cpus,
+                     qemu_binary=qemu, say=say) as g:
+        yield g
+
+
+def close_run(record: RunRecord) -> None:
+    """Whatever happened: register the VM's files, the verdict, the report."""
+    collect_vm_files(record.bundle)
+    record.bundle.write_checks(record.checks)
+    finish_bundle(record.bundle, record.workloads_doc(), record.checks, time.monotonic() - record.started)
 
 
 def run_in_guest(
-    g: Any, bundle: Bundle, names: list[str] | None, say: Say, seed_stale_pte: bool = False, *, hold: bool = True
-) -> tuple[dict[str, Any], list[CheckResult]]:
-    """Workloads and checks in a booted guest: a local GuestSession or a lab host's
-    RemoteSession (`hold=False` runs edu_dma without its held GVA->HPA check)."""
-    ch = g.channel
+    g: GuestSession, record: RunRecord, names: list[str] | None, say: Say, seed_stale_pte: bool = False, *,
+    hold: bool = True,
+) -> None:
+    """Workloads and checks in a booted guest (`hold=False` runs edu_dma without its
+    held GVA->HPA check)."""
+    ch, bundle = g.channel, record.bundle
     keep_trace_formats(bundle, g.trace_format())
     say("uploading workloads")
+    record.stage("uploading workloads")
     ch.run(f"rm -rf {GUEST_WORKDIR}/workloads {HOLD_DIR} && mkdir -p {GUEST_WORKDIR} {HOLD_DIR}")
     ch.put(REPO_ROOT / "workloads", f"{GUEST_WORKDIR}/workloads")
     listing = ch.run(f"cd {GUEST_WORKDIR} && python3 -m workloads list --names", env=GUEST_ENV)
@@ -154,55 +234,61 @@ def run_in_guest(
         raise GuestError(f"`python3 -m workloads list` failed in the guest: {listing.stderr[-2000:]}")
     catalog = listing.stdout.split()
     selected = [n for n in catalog if names is None or n in names]
-    checks: list[CheckResult] = []
-    parts: list[dict[str, Any]] = []
 
     if hold and HOLD_WORKLOAD in selected:
         say(f"{HOLD_WORKLOAD}: DMA through the vIOMMU, checked while the buffers are mapped")
-        part, hold_checks = _held_run(g, bundle, seed_stale_pte)
-        parts.append(part)
-        checks += hold_checks
+        record.stage(f"workload {HOLD_WORKLOAD} (held)")
+        _held_run(g, record, seed_stale_pte)
     rest = [n for n in selected if n != HOLD_WORKLOAD or not hold]
     if rest:
         say(f"running {len(rest)} workloads in the guest")
+        record.stage(f"workload {rest[0]}")
+
+        def arrived(line: str) -> None:
+            result = parse_result_line(line)
+            if result is not None:
+                record.workload(result)
+                following = rest.index(result["name"]) + 1 if result["name"] in rest else len(rest)
+                record.stage(f"workload {rest[following]}" if following < len(rest) else "workloads done")
+
         r = ch.run(
             f"cd {GUEST_WORKDIR} && python3 -m workloads run {' '.join(map(shlex.quote, rest))} "
-            f"--json /tmp/svmval-results.json",
+            f"--stream --json /tmp/svmval-results.json",
             env=GUEST_ENV,
             timeout=1800,
+            on_line=arrived,
         )
         bundle.add_text("workloads-log", "workloads.log", r.stdout + r.stderr)
         if r.exit_code not in (0, 1):
             raise GuestError(f"the workload runner crashed (exit {r.exit_code}): {r.stderr[-2000:]}")
         local = bundle.path / "workloads-rest.json"
         ch.get("/tmp/svmval-results.json", local)
-        parts.append(json.loads(local.read_text()))
+        record.runner_facts(json.loads(local.read_text()))
         local.unlink()
-    results = _merge(parts)
 
     say("judging the trace against guest RAM")
+    record.stage("final checks")
     ch.run("sync")
     g.machine.pause()
     try:
-        checks += _final_checks(g, results)
+        for check in _final_checks(g, record.workloads_doc() or {"results": []}):
+            record.check(check)
     finally:
         g.machine.resume()
-    return results, checks
 
 
-def _held_run(g: Any, bundle: Bundle, seed_stale_pte: bool) -> tuple[dict[str, Any], list[CheckResult]]:
+def _held_run(g: GuestSession, record: RunRecord, seed_stale_pte: bool) -> None:
     ch = g.channel
     out = "/tmp/svmval-edu.json"
     ch.run(
         # Detached from the SSH session (stdin too), or the channel stays open with it.
-        f"cd {GUEST_WORKDIR} && SVMVAL_HOLD_DIR={HOLD_DIR} setsid nohup python3 -m workloads run "
+        f"cd {GUEST_WORKDIR} && {HOLD_ENV}={HOLD_DIR} setsid nohup python3 -m workloads run "
         f"{HOLD_WORKLOAD} --json {out} < /dev/null > /tmp/svmval-edu.log 2>&1 &",
         env=GUEST_ENV,
     )
-    ready = f"{HOLD_DIR}/{HOLD_WORKLOAD}.ready"
+    point = HoldPoint(PurePosixPath(HOLD_DIR), HOLD_WORKLOAD)
     deadline = time.monotonic() + 300
-    checks: list[CheckResult] = []
-    while ch.run(f"test -e {ready}").exit_code != 0:
+    while ch.run(f"test -e {point.ready}").exit_code != 0:
         if ch.run(f"test -e {out}").exit_code == 0:
             break  # finished without holding: it skipped or failed before its DMA
         if time.monotonic() > deadline:
@@ -210,24 +296,26 @@ def _held_run(g: Any, bundle: Bundle, seed_stale_pte: bool) -> tuple[dict[str, A
             raise GuestError(f"{HOLD_WORKLOAD} never reached its hold point; its log:\n{log[-3000:]}")
         time.sleep(0.5)
     else:
-        held = json.loads(ch.run(f"cat {ready}").stdout)
+        held = json.loads(ch.run(f"cat {point.ready}").stdout)
         g.machine.pause()
         try:
-            checks.append(_translation_check(g, held))
-            checks.append(_held_qi_check(g, held, seed_stale_pte))
+            record.check(_translation_check(g, held))
+            record.check(_held_qi_check(g, held, seed_stale_pte))
         finally:
             g.machine.resume()
-        ch.run(f"touch {HOLD_DIR}/{HOLD_WORKLOAD}.release")
+        ch.run(f"touch {point.release}")
     deadline = time.monotonic() + 300
     while ch.run(f"test -e {out}").exit_code != 0:
         if time.monotonic() > deadline:
             raise GuestError(f"{HOLD_WORKLOAD} did not finish after its hold point")
         time.sleep(0.5)
-    local = bundle.path / "workloads-edu.json"
+    local = record.bundle.path / "workloads-edu.json"
     ch.get(out, local)
-    part = json.loads(local.read_text())
+    doc = json.loads(local.read_text())
     local.unlink()
-    return part, checks
+    record.runner_facts(doc)
+    for result in doc["results"]:
+        record.workload(result)
 
 
 def _trace_root(trace: Path, fmt: Path) -> int | None:
@@ -238,7 +326,7 @@ def _trace_root(trace: Path, fmt: Path) -> int | None:
     return root
 
 
-def _translation_check(g: Any, held: dict[str, Any]) -> CheckResult:
+def _translation_check(g: GuestSession, held: dict[str, Any]) -> CheckResult:
     trace, fmt = g.trace_file(), g.trace_format()
     root = _trace_root(trace, fmt)
     sid = int(held["sid"])
@@ -249,7 +337,7 @@ def _translation_check(g: Any, held: dict[str, Any]) -> CheckResult:
                              g.machine.host_view())
 
 
-def _held_qi_check(g: Any, held: dict[str, Any], seed_stale_pte: bool) -> CheckResult:
+def _held_qi_check(g: GuestSession, held: dict[str, Any], seed_stale_pte: bool) -> CheckResult:
     """QI completeness while the device's mappings are live. With `seed_stale_pte` a
     first-stage PTE of a page the device just used is retargeted in guest RAM with
     no invalidation — the missing invalidation the check must catch — and restored
@@ -271,7 +359,7 @@ def _held_qi_check(g: Any, held: dict[str, Any], seed_stale_pte: bool) -> CheckR
     return dataclasses.replace(result, workload=f"{HOLD_WORKLOAD} (held)")
 
 
-def _final_checks(g: Any, results: dict[str, Any]) -> list[CheckResult]:
+def _final_checks(g: GuestSession, results: dict[str, Any]) -> list[CheckResult]:
     trace, fmt = g.trace_file(), g.trace_format()
     memory = g.machine.guest_memory()
     t0 = time.monotonic()
@@ -290,14 +378,6 @@ def _final_checks(g: Any, results: dict[str, Any]) -> list[CheckResult]:
             pages = [int(p["gva"]) for p in r.get("pages", [])]
             checks.append(check_prq_modelled(r["name"], pages))
     return checks
-
-
-def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    if not parts:
-        return {"schema": "svmval.workloads/1", "host": {}, "device": {}, "results": []}
-    merged = dict(parts[-1])
-    merged["results"] = [r for p in parts for r in p["results"]]
-    return merged
 
 
 def keep_trace_formats(bundle: Bundle, trace_events_all: Path) -> None:

@@ -27,7 +27,6 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from guest_image.build import GuestImage
 from guest_image.recipe import READY_MARKER
-from harness.checks.translation import HostView
 from harness.errors import EnvironmentBroken, GuestError
 from harness.guest import GuestChannel
 from harness.inventory import HostSpec, KnownHostsPolicy, Nesting
@@ -35,6 +34,7 @@ from harness.qemu.machine import QmpControl
 from harness.qemu.probe import QemuInfo, parse_probe
 from harness.qemu.profiles import Profile, VmSpec, build_argv, trace_events_text
 from harness.remote import SshTarget
+from harness.session import HostView
 from harness.viommu.memory import GuestMemory, Region, q35_regions
 from host_setup.provision import LabHost, QemuProcess
 from workloads.pages import pagemap_address
@@ -102,8 +102,10 @@ def qmp_tunnel(host: HostSpec, remote_socket: str) -> Iterator[Path]:
 class RemoteMachine(QmpControl):
     """A QEMU process on a lab host, driven over QMP through an SSH forward."""
 
-    def __init__(self, t: SshTarget, lab: LabHost, run_dir: PurePosixPath, memory_mib: int):
+    def __init__(self, t: SshTarget, lab: LabHost, run_dir: PurePosixPath, memory_mib: int,
+                 ram_path: PurePosixPath):
         self.t, self.lab, self.run_dir, self.memory_mib = t, lab, run_dir, memory_mib
+        self.ram_path = ram_path  # VmSpec.ram_path: run_dir/guest-ram, or a hugepages file
         self.proc: QemuProcess | None = None
         self.qmp: QEMUMonitorProtocol | None = None
 
@@ -192,7 +194,7 @@ class RemoteMachine(QmpControl):
         if writable:
             raise EnvironmentBroken("guest RAM on a lab host is read-only to the harness")
         sftp = self.t.transport.open_sftp_client()
-        f = sftp.open(str(self.run_dir / "guest-ram"), "rb")
+        f = sftp.open(str(self.ram_path), "rb")
         size = self.memory_mib << 20
         return _RemoteMemory(_RemoteBytes(f, size), q35_regions(size))
 
@@ -299,6 +301,8 @@ def remote_guest(
         cpus=host.guest_cpus,
         ssh_port=port,
         device=host.device if nested else None,
+        hugepage_ram=nested,
+        hugepages_path=Path(host.hugepages_mount),
         local=False,
     )
     argv = build_argv(Profile.LAB_NESTED if nested else Profile.LOCAL_EMULATED, spec, info)
@@ -307,7 +311,7 @@ def remote_guest(
     t.write_text(str(spec.trace_events), trace_events_text(spec))
     t.write_text(str(run_dir / "cmdline.txt"), shlex.join(argv) + "\n")
     (local_vm_dir).mkdir(parents=True, exist_ok=True)
-    machine = RemoteMachine(t, lab, run_dir, host.guest_memory_mib)
+    machine = RemoteMachine(t, lab, run_dir, host.guest_memory_mib, PurePosixPath(str(spec.ram_path)))
     channel: GuestChannel | None = None
     say(f"{host.name}: booting the guest ({'lab-nested, KVM' if nested else 'emulated VT-d, TCG'}, QEMU "
         f"{'.'.join(map(str, info.version))})")
@@ -330,6 +334,8 @@ def remote_guest(
         try:
             machine.detach_qmp()
             machine.stop(channel)
+            if spec.hugepage_ram:  # a hugetlbfs file keeps its pages until it is removed
+                t.run(f"rm -f {shlex.quote(str(spec.ram_path))}")
         finally:
             if channel is not None:
                 channel.close()

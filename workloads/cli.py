@@ -20,8 +20,8 @@ import pyopencl as cl
 
 from workloads.capabilities import describe, platform_devices, select_device
 from workloads.catalog import Env, Workload, all_workloads, execute
+from workloads.protocol import RESULT_PREFIX, SCHEMA, result_line
 
-SCHEMA = "svmval.workloads/2"
 # Tests only: every kernel is built to skip work-item 0, a wrong result each verifier must catch.
 SEED_ENV = "SVMVAL_SEED_FAULT"
 
@@ -48,7 +48,10 @@ def make_env(device: str | None, all_devices: bool, soak_seconds: float, seed_fa
                devices=devices, infos=infos, queues=queues)
 
 
-def run(names: list[str], device: str | None, soak_seconds: float, all_devices: bool = False) -> dict[str, Any]:
+def run(names: list[str], device: str | None, soak_seconds: float, all_devices: bool = False,
+        stream: bool = False) -> dict[str, Any]:
+    """Run the workloads; with `stream`, each result also goes to stdout as it finishes
+    (workloads/protocol.py) so a host keeps it even if this process never ends."""
     CATALOG = all_workloads()
     unknown = [n for n in names if n not in CATALOG]
     if unknown:
@@ -66,6 +69,8 @@ def run(names: list[str], device: str | None, soak_seconds: float, all_devices: 
         line = f"{r.verdict.upper():5} {name:46} {time.perf_counter() - t0:7.2f}s  {r.reason}"
         print(line, flush=True)
         results.append(r.to_json())
+        if stream:
+            print(result_line(results[-1]), flush=True)
     out: dict[str, Any] = {
         "schema": SCHEMA,
         "host": _host(),
@@ -99,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="all: one context with every device of the selected device's platform; the "
                          "cross-device workloads then run on each (default: the selected device alone)")
     rn.add_argument("--soak-seconds", type=float, default=2.0)
+    rn.add_argument("--stream", action="store_true",
+                    help=f"also print each result as a '{RESULT_PREFIX.strip()} {{json}}' line as it finishes")
     args = ap.parse_args(argv)
     if args.cmd == "list":
         catalog = all_workloads()
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                 cts = "-" if not wl.cts else "(same name)" if wl.cts == (wl.name,) else ",".join(wl.cts)
                 print(f"{wl.name:46} {wl.category:36} needs: {needs:40} cts: {cts}")
         return
-    out = run(args.names, args.device, args.soak_seconds, all_devices=args.devices == "all")
+    out = run(args.names, args.device, args.soak_seconds, all_devices=args.devices == "all", stream=args.stream)
     if args.json_path:
         with open(args.json_path + ".tmp", "w") as f:
             json.dump(out, f, indent=1)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import hashlib
-import json
 import mmap
 import os
 import struct
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from workloads.catalog import Env, Failed, Result, Skip, check, workload
 from workloads.pages import gpa_of
+from workloads.protocol import HoldPoint
 
 EDU_VENDOR, EDU_DEVICE = 0x1234, 0x11E8
 EDU_BUF = 0x40000
@@ -196,17 +196,12 @@ def _open_edu() -> EduVfio:
 
 
 def _hold(result: Result, name: str) -> None:
-    """Let the host inspect live mappings: write NAME.ready, wait for NAME.release."""
-    hold = os.environ.get("SVMVAL_HOLD_DIR")
-    if not hold:
+    """Let the host inspect live mappings (workloads/protocol.py's hold point)."""
+    point = HoldPoint.from_env(name)
+    if point is None:
         return
-    d = Path(hold)
-    (d / f"{name}.ready.tmp").write_text(json.dumps({"sid": result.extra["sid"], "pages": result.pages}))
-    (d / f"{name}.ready.tmp").rename(d / f"{name}.ready")
-    deadline = time.monotonic() + 300
-    while not (d / f"{name}.release").exists():
-        check(time.monotonic() < deadline, "the host never released the hold point")
-        time.sleep(0.05)
+    point.announce({"sid": result.extra["sid"], "pages": result.pages})
+    check(point.wait_for_release(), "the host never released the hold point")
 
 
 @workload("edu_dma", "vIOMMU DMA (edu via VFIO)")

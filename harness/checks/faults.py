@@ -13,9 +13,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from harness.results import CheckResult, Finding, Traffic, Verdict
 from harness.trace.events import DmarFault, FrrNew, TraceEvent
 from harness.viommu import FaultReason, GuestMemory, VtdModel
-from reports.bundle import CheckResult, Finding, Traffic, Verdict
 
 PAGE_MASK = ~0xFFF
 # Linux: "DMAR: [DMA Read NO_PASID] Request device [00:06.0] fault addr 0x... [fault reason 0x71] ..."

@@ -16,11 +16,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from harness.results import CheckResult, Finding, Traffic, Verdict
 from harness.viommu import GuestMemory, Reg, TableBuilder, VtdModel
 from harness.viommu.descriptors import PageRequest
 from harness.viommu.invalidation import prg_resp_desc
 from harness.viommu.prq import PageRequestStatus
-from reports.bundle import CheckResult, Finding, Traffic, Verdict
 
 SVM_SID = 0x0100  # bus 1 device 0: a device the local guest does not have
 SVA_PASID = 1

@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from harness.results import DATA_INV_TO_USE, DATA_INV_TO_USE_UNIT, CheckResult, Finding, Traffic, Verdict
 from harness.trace.events import (
     DmarTranslate,
     GenericEvent,
@@ -39,7 +40,6 @@ from harness.trace.events import (
 from harness.viommu import GuestMemory, VtdModel
 from harness.viommu import descriptors as dsc
 from harness.viommu.caches import IotlbEntry, TranslationCaches
-from reports.bundle import DATA_INV_TO_USE, DATA_INV_TO_USE_UNIT, CheckResult, Finding, Traffic, Verdict
 
 IQA_OFFSET = 0x90
 IQA_DW = 1 << 11
@@ -252,10 +252,23 @@ class QiReplay:
         t0 = started if started is not None else time.monotonic()
         self._expire_waits()
         self.counts["waits_pending"] += 0  # present in the counts even when zero
+        self.counts["cached_judged"] += 0
+        missing = []  # nothing judged is an ERROR naming what was missing, never a PASS
+        if not self.counts["descriptors"]:
+            missing.append("the trace has no invalidation descriptors (vtd_inv_desc): was QEMU traced "
+                           "with the vtd_inv_* events, and did the guest enable queued invalidation?")
+        if memory is not None and self.root is None:
+            missing.append("the trace has no root-table pointer (vtd_reg_dmar_root), so what is cached "
+                           "cannot be compared with the guest's tables in RAM: was tracing on from boot?")
         if memory is not None and self.root is not None:
             self._judge_cached(memory)
         stale = self.counts["stale_cached"] + self.counts["stale_refills"]
         bad = len(self.findings)
+        if missing:
+            return CheckResult(
+                name="qi-completeness", verdict=Verdict.ERROR, traffic=Traffic.REAL,
+                summary="not judged: " + "; ".join(missing), counts=dict(self.counts),
+                findings=tuple(self.findings[:200]), duration_s=time.monotonic() - t0)
         summary = (
             f"{self.counts['descriptors']} descriptors, {self.counts['fills']} IOTLB fills, "
             f"{self.counts['hits']} hits replayed; {stale} stale translations, "

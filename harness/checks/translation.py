@@ -18,25 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
+from harness.results import CheckResult, Finding, Traffic, Verdict
+from harness.session import HostView
 from harness.trace.events import DmarTranslate, TraceEvent
 from harness.viommu import GuestMemory, VtdModel
-from reports.bundle import CheckResult, Finding, Traffic, Verdict
 
 PAGE = 4096
-
-
-@dataclass(frozen=True)
-class HostView:
-    """How the host reaches guest RAM: QEMU's answers, and the QEMU process's own page
-    table (its /proc/PID/pagemap, on whichever machine QEMU runs)."""
-
-    gpa2hva: Callable[[int], int]
-    gpa2hpa: Callable[[int], int]
-    hva2hpa: Callable[[int], int | None]
 
 
 def device_translations(events: Iterable[TraceEvent], sid: int) -> dict[int, tuple[int, int]]:

@@ -83,3 +83,42 @@ def build(force: bool) -> None:
         path = ensure_svmval_qemu(lambda msg: status.update(escape(msg)), force=force)
     click.echo(path)
 
+
+@click.group()
+def trace() -> None:
+    """Look at a QEMU vtd_* trace."""
+
+
+@trace.command("stats")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--formats", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="trace-events-all of the QEMU that wrote it (a bundle's vm/trace-formats; "
+                   "default: beside the trace, else the installed QEMU's)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout, for scripts")
+def trace_stats_cmd(path: Path, formats: Path | None, as_json: bool) -> None:
+    """Lines, QEMU version guess, events per name, descriptors per type, translations,
+    faults and the lines that do not parse (file:line)."""
+    import json
+
+    from rich.table import Table
+
+    from harness.trace.stats import trace_stats
+
+    if formats is None and (path.parent / "trace-formats").exists():
+        formats = path.parent / "trace-formats"
+    stats = trace_stats(path, formats)
+    if as_json:
+        click.echo(json.dumps(stats.to_json(), indent=1))
+        return
+    out = Console()
+    out.print(escape(f"{path}: {stats.lines} lines, QEMU {stats.qemu_guess}; {stats.translations} translations, "
+                     f"{stats.faults} fault events, {len(stats.bad)} bad lines"), highlight=False)
+    for title, counts in (("events", stats.events), ("invalidation descriptors", stats.descriptors)):
+        table = Table(title=title)
+        table.add_column("name")
+        table.add_column("count", justify="right")
+        for name, n in counts.most_common():
+            table.add_row(escape(name), str(n))
+        out.print(table)
+    for bad in stats.bad[:20]:
+        out.print(escape(f"{path}:{bad.line}: {bad.reason}: {bad.text[:120]!r}"), highlight=False)

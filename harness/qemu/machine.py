@@ -22,8 +22,8 @@ from typing import Any
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from harness.checks.translation import HostView
 from harness.errors import GuestError
+from harness.session import HostView
 from harness.viommu import GuestMemory
 from harness.viommu.memory import q35_regions
 from workloads.pages import physical_address

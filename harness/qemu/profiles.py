@@ -60,6 +60,7 @@ class VmSpec:
     cache_disk: Path | None = None  # persistent ext4 (label svmcache) for PoCL's kernel cache
     device: str | None = None  # lab: PCI BDF to assign
     hugepages_path: Path = Path("/dev/hugepages")
+    hugepage_ram: bool = False  # guest RAM in hugepages_path (lab-nested), not in run_dir
     extra_trace_events: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     # False when QEMU runs on a lab host: paths are the host's, so they are not checked
@@ -68,6 +69,10 @@ class VmSpec:
 
     @property
     def ram_path(self) -> Path:
+        """Where QEMU keeps guest RAM: the one place QEMU's command line and every
+        reader of guest memory (local or over SFTP) take it from."""
+        if self.hugepage_ram:
+            return self.hugepages_path / f"svmval-{self.run_dir.name}"
         return self.run_dir / "guest-ram"
 
     @property
@@ -221,8 +226,10 @@ def lab_nested(spec: VmSpec, info: QemuInfo, *, with_vfio: bool = True) -> list[
         raise ConfigError(
             f"lab-nested needs the inventory's 'device' as a PCI address like 0000:6a:01.0, got {spec.device!r}"
         )
+    if not spec.hugepage_ram:
+        raise ConfigError("lab-nested keeps guest RAM on hugepages: build its VmSpec with hugepage_ram=True")
     argv = _common(spec, info)
-    ram = spec.hugepages_path / f"svmval-{spec.run_dir.name}"
+    ram = spec.ram_path
     argv += [
         "-machine", "q35,kernel-irqchip=split",
         "-accel", "kvm",

@@ -21,7 +21,7 @@ CACHE_DISK_MIB = 512
 
 
 @dataclass
-class GuestSession:
+class LocalSession:
     machine: Machine
     channel: GuestChannel
     spec: VmSpec
@@ -64,7 +64,7 @@ def local_guest(
     use_cache_disk: bool = True,
     ready_idle_timeout: float = 90,
     say: Callable[[str], None] = lambda _m: None,
-) -> Iterator[GuestSession]:
+) -> Iterator[LocalSession]:
     info = probe_qemu(qemu_binary)
     run_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
@@ -103,7 +103,7 @@ def local_guest(
         )
         channel.connect(timeout=60)
         say(f"guest ready after {m[1]} s of guest time; SSH up")
-        yield GuestSession(machine, channel, spec, info, image, float(m[1]))
+        yield LocalSession(machine, channel, spec, info, image, float(m[1]))
         if machine.is_running():
             # Flush the cache disk before QEMU goes: PoCL's kernels are worth keeping.
             try:

@@ -9,6 +9,7 @@ import pytest
 
 from harness.checks.qi import check_qi
 from harness.trace.parser import iter_events
+from harness.viommu import GuestMemory
 from reports.bundle import Verdict
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "traces" / "vtd-rng256.trace.xz"
@@ -94,3 +95,21 @@ def test_invalid_descriptor_is_reported(lines: list[str]) -> None:
     result = judge(lines[:i] + [bad] + lines[i:])
     assert result.counts["invalid_descriptors"] == 1
     assert any(f.trace_lines == (i + 1,) for f in result.findings)
+
+
+def test_an_empty_trace_is_an_error_naming_the_missing_descriptors() -> None:
+    result = check_qi(iter_events([]), GuestMemory(1 << 20))
+    assert result.verdict is Verdict.ERROR
+    assert "no invalidation descriptors (vtd_inv_desc)" in result.summary
+    assert "no root-table pointer (vtd_reg_dmar_root)" in result.summary
+
+
+def test_a_trace_begun_after_the_root_pointer_cannot_compare_ram_and_says_so(lines: list[str]) -> None:
+    # Tracing switched on after boot (QMP trace-event-set-state): the root pointer line
+    # is not in the trace, so the cached translations cannot be read back from RAM.
+    root_line = next(i for i, line in enumerate(lines) if line.startswith("vtd_reg_dmar_root "))
+    later = lines[root_line + 1:]
+    assert check_qi(iter_events(later), None).verdict is Verdict.PASS  # trace-only rules: judged
+    result = check_qi(iter_events(later), GuestMemory(1 << 20))
+    assert result.verdict is Verdict.ERROR and "root-table pointer" in result.summary
+    assert "invalidation descriptors" not in result.summary

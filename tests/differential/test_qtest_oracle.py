@@ -4,10 +4,14 @@ translates; data moved, A/D bits and fault records must agree."""
 
 from __future__ import annotations
 
+import pytest
 import rig
 
 from harness.qemu.qtest import EDU_BUF, QtestMachine
 from harness.viommu import FaultReason, GuestMemory, TableBuilder, VtdModel
+
+pytestmark = pytest.mark.qemu  # each test drives a QEMU process over qtest (no guest)
+
 
 
 def test_legacy_second_stage_agrees_with_qemu() -> None:

@@ -42,6 +42,8 @@ from harness.viommu.invalidation import (
     wait_desc,
 )
 
+pytestmark = pytest.mark.qemu  # each test drives a QEMU process over qtest (no guest)
+
 PROPS = "caching-mode=on,x-scalable-mode=on,x-flts=on,device-iotlb=on"
 IQH, IQT, IQA, ICS, GCMD, FSTS = 0x80, 0x88, 0x90, 0x9C, 0x18, rig.FSTS
 IQE, ICE, ITE = 0x10, 0x20, 0x40

@@ -12,7 +12,7 @@ from harness.qemu.qtest import TESTDEV_PATTERN, QtestMachine
 from harness.qemu.sid import ensure_sid_qemu
 from harness.viommu import FaultReason, VtdModel
 
-pytestmark = pytest.mark.slow  # fetches sid's QEMU when it is not cached yet
+pytestmark = [pytest.mark.slow, pytest.mark.qemu]  # fetches sid's QEMU when it is not cached yet
 
 
 def _props(binary: str) -> str:

@@ -38,6 +38,9 @@ from harness.viommu.capability import Cap, Ecap, config_from_caps
 from harness.viommu.divergences import BY_ID
 from harness.viommu.first_stage import FS_A, FS_D
 
+pytestmark = pytest.mark.qemu  # each test drives a QEMU process over qtest (no guest)
+
+
 FR = FaultReason
 FRCD, FSTS = rig.FRCD, rig.FSTS
 GCMD, GSTS, RTADDR, IOTLB_REG = 0x18, 0x1C, 0x20, 0xF8  # QEMU: IRO = 0xF -> IOTLB_REG at 0xF8

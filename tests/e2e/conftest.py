@@ -11,7 +11,7 @@ import pytest
 
 from harness.inventory import HostSpec
 from harness.paths import REPO_ROOT
-from harness.run import RunOutcome, run_local
+from harness.run import RunOutcome, run
 
 # The checks every local-lab run must produce (the prq check once per first-touch workload).
 RUN_CHECKS = ("qi-completeness", "faults", "translation", "prq")
@@ -37,4 +37,4 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def local_run(host: HostSpec, artifacts_root: Path) -> RunOutcome:
     if not host.is_local:
         pytest.skip(f"the local-lab run needs --host local (got {host.name}); lab hosts run tests/lab")
-    return run_local(host, artifacts_root, say=lambda m: print(f"[svmval] {m}", flush=True))
+    return run(host, artifacts_root, say=lambda m: print(f"[svmval] {m}", flush=True))

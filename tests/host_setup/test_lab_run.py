@@ -21,7 +21,7 @@ from conftest import Lab
 from guest_image.build import ensure_image
 from harness.paths import REPO_ROOT
 from harness.remote import SshTarget
-from host_setup.lab_run import run_lab
+from harness.run import run
 from host_setup.remote_vm import send_image
 from reports.bundle import Bundle, Traffic, Verdict
 
@@ -42,7 +42,7 @@ def test_the_local_lab_run_works_on_a_host_reached_over_ssh(make_lab: MakeLab, t
     lab = make_lab("spr-dsa")
     host = lab.host(hugepages=1024)
     seen: list[str] = []
-    outcome = run_lab(host, tmp_path / "artifacts", workloads=WORKLOADS, say=seen.append)
+    outcome = run(host, tmp_path / "artifacts", workloads=WORKLOADS, say=seen.append)
     mf = outcome.bundle.manifest
     assert mf.verdict is Verdict.PASS, mf.error
     assert [r["name"] for r in outcome.workloads["results"]] == WORKLOADS  # type: ignore[index]
@@ -89,7 +89,7 @@ def test_qemu_dying_mid_workload_is_an_error_with_artefacts_and_a_restored_host(
 
             threading.Timer(3.0, kill).start()
 
-    outcome = run_lab(host, tmp_path / "artifacts", workloads=["svm_fine_buffer"], say=say)
+    outcome = run(host, tmp_path / "artifacts", workloads=["svm_fine_buffer"], say=say)
     mf = outcome.bundle.manifest
     assert killed, "the run never reached its workloads"
     assert mf.verdict is Verdict.ERROR

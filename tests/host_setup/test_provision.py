@@ -19,7 +19,7 @@ from support.sshd import Sshd
 
 from harness.paths import REPO_ROOT
 from harness.remote import ConnectionLost, LocalTarget, SshTarget
-from host_setup.lab_run import run_lab
+from harness.run import run
 from host_setup.preflight import run_preflight
 from host_setup.provision import DeviceBusy, HostLocked, LabHost, provisioned, restore_host
 from reports.bundle import Verdict
@@ -168,7 +168,7 @@ def test_svmval_restore_puts_back_a_host_a_dead_run_left_behind(make_lab: MakeLa
 def test_a_missing_ecap_bit_stops_the_run_before_anything_changes(make_lab: MakeLab, tmp_path: Path) -> None:
     lab = make_lab("spr-dsa")
     host = lab.host(nesting="iommufd-flts", hugepages=1024)
-    outcome = run_lab(host, tmp_path / "artifacts")
+    outcome = run(host, tmp_path / "artifacts")
     mf = outcome.bundle.manifest
     assert mf.verdict is Verdict.ERROR
     assert "preflight failed on 'sshtest', nothing was changed" in mf.error and "lacks PASID" in mf.error

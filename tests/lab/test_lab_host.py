@@ -10,8 +10,7 @@ import pytest
 
 from harness.inventory import HostSpec
 from harness.remote import SshTarget
-from harness.run import RunOutcome
-from host_setup.lab_run import run_lab
+from harness.run import RunOutcome, run
 from host_setup.provision import LabHost
 from reports.bundle import Verdict
 
@@ -23,7 +22,7 @@ def lab_run(lab_host: HostSpec, artifacts_root: Path, pytestconfig: pytest.Confi
     if lab_host.is_local:
         pytest.skip("the local lab's end-to-end run is tests/e2e; tests/lab runs on lab hosts (--host NAME)")
     if lab_host.name not in _RUNS:  # once per host, shared by the tests below
-        _RUNS[lab_host.name] = run_lab(
+        _RUNS[lab_host.name] = run(
             lab_host, artifacts_root, workloads=pytestconfig.getoption("svmval_workloads"),
             say=lambda m: print(f"[svmval {lab_host.name}] {m}", flush=True),
         )

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """A checked fact: `ok` True (good), False (blocks the run) or None (warning/info)."""
+class PreflightLine:
+    """One line of a preflight table, a checked fact: `ok` True (good), False (blocks
+    the run) or None (a note)."""
 
     name: str
     ok: bool | None
