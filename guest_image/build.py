@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from guest_image import initramfs, recipe, rootfs
+from guest_image import driver, initramfs, recipe, rootfs
 from guest_image.digest import build_sources, compute_digest
 from guest_image.resolve import Resolution, ResolveError, resolve
 from guest_image.rootfs import ImageBuildError
@@ -175,8 +175,11 @@ def _build(work: Path, digest: str, resolution: Resolution, say: Progress) -> No
     modules = initramfs.build_initramfs(
         root / "lib" / "modules" / release, recipe.INITRAMFS_MODULES, work / "initrd.img"
     )
-    rootfs.prune(root, release, log)
     timings["configure_s"] = time.monotonic() - t1
+    t_mod = time.monotonic()
+    module = driver.ensure_module(root, release, resolution.versions, log, say)
+    timings["driver_s"] = time.monotonic() - t_mod
+    rootfs.prune(root, release, log)  # its depmod indexes the driver too
 
     say("ext4 root filesystem (mke2fs -d)")
     t2 = time.monotonic()
@@ -200,7 +203,8 @@ def _build(work: Path, digest: str, resolution: Resolution, say: Progress) -> No
         "init": recipe.GUEST_INIT,
         "ready_marker": recipe.READY_MARKER,
         "initramfs_modules": modules,
-        "guest_modules": list(recipe.GUEST_MODULES),
+        "guest_modules": list(recipe.GUEST_MODULES + recipe.OWN_MODULES),
+        "driver": module,
         "packages": reported,
         "all_packages": installed,
         "sizes": {name: (work / name).stat().st_size for name in IMAGE_FILES},

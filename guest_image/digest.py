@@ -1,6 +1,7 @@
 """The image's cache key: what decides its contents, hashed.
 
-Inputs: the builder's own source files and guest files (guest_image/files/*), the
+Inputs: the builder's own source files, guest files (guest_image/files/*) and the
+guest driver's sources (guest_image/driver/*), the
 suite, the requested package list, and every resolved package version.  Not
 inputs: the mirror URL (any mirror serves the same versions), cli.py, README.md,
 tests.  Generated keys (SSH) are per build and so not part of the key.
@@ -17,13 +18,14 @@ FILES = HERE / "files"
 SCHEMA = "svmval-guest-image/1"
 
 # The modules whose code shapes the image; a change to any of them is a new image.
-BUILD_MODULES = ("recipe.py", "build.py", "rootfs.py", "initramfs.py", "digest.py")
+BUILD_MODULES = ("recipe.py", "build.py", "rootfs.py", "initramfs.py", "digest.py", "driver.py")
 
 
 def build_sources(base: Path = HERE) -> list[Path]:
-    files = base / "files"
+    """The builder, the guest's files and the guest driver's sources (driver/)."""
+    files, driver = base / "files", base / "driver"
     return [base / name for name in BUILD_MODULES] + sorted(
-        p for p in files.iterdir() if p.is_file()
+        p for d in (files, driver) for p in d.iterdir() if p.is_file()
     )
 
 

@@ -31,6 +31,10 @@ GUEST_MODULES = (
     "vfio_pci",
 )
 
+# svmval's own modules (guest_image/driver/, built against the guest kernel at image
+# build time, installed in /lib/modules/<release>/extra/), loaded by init after those.
+OWN_MODULES = ("svmval_sva",)
+
 # Modules the initramfs needs to mount the root: virtio-blk disk, ext4.
 INITRAMFS_MODULES = ("virtio_blk", "ext4", "crc32c_generic")
 

@@ -121,7 +121,9 @@ def configure(root: Path, out: Path) -> None:
     shutil.copy2(FILES / "svmval-init", root / recipe.GUEST_INIT.lstrip("/"))
     os.chmod(root / recipe.GUEST_INIT.lstrip("/"), 0o755)
     (root / "etc" / "svmval").mkdir(exist_ok=True)
-    (root / "etc" / "svmval" / "modules").write_text("\n".join(recipe.GUEST_MODULES) + "\n")
+    (root / "etc" / "svmval" / "modules").write_text(
+        "\n".join(recipe.GUEST_MODULES + recipe.OWN_MODULES) + "\n"
+    )
     (root / "etc" / "hostname").write_text("svmval-guest\n")
     # For PAM-enabled or console logins; ssh sessions get it from sshd_config's SetEnv.
     (root / "etc" / "environment").write_text(f"POCL_CACHE_DIR={recipe.POCL_CACHE_DIR}\n")

@@ -26,6 +26,7 @@ def tree(tmp_path: Path) -> Path:
         shutil.copy2(HERE / name, base / name)
     for f in (HERE / "files").iterdir():
         shutil.copy2(f, base / "files" / f.name)
+    shutil.copytree(HERE / "driver", base / "driver")
     return base
 
 
