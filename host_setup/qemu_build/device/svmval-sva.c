@@ -3,10 +3,11 @@
  *
  * The register map and behaviour are the contract in svmval's
  * docs/TESTDEV.md.  Operations walk their buffers page by page in a bottom
- * half.  With PV=1 each page is looked up in a small ATC keyed by
- * (PASID, page) and filled from ATS translation requests; a denied access
- * sends a page request and waits for the page group response.  With PV=0
- * the device makes plain untranslated DMA through its IOMMU address space.
+ * half.  With PV=1 each page is looked up in the device's ATC (per PASID,
+ * per 4 KiB page), filled from ATS translation requests; a denied access
+ * sends a page request and waits for the page group response without
+ * blocking QEMU.  With PV=0 the device makes plain untranslated DMA through
+ * its IOMMU address space.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -34,7 +35,7 @@ OBJECT_DECLARE_SIMPLE_TYPE(SvmvalSvaState, SVMVAL_SVA)
 #define SVA_DEVICE_ID           0x5356
 #define SVA_ID_VALUE            (0x53564d56ULL | (1ULL << 32)) /* "SVMV" v1 */
 
-/* BAR0 registers */
+/* BAR0 registers; s->regs[] holds them at offset / 8 */
 #define SVA_REG_ID              0x00
 #define SVA_REG_PASID           0x08
 #define SVA_REG_OP              0x10
@@ -52,9 +53,19 @@ OBJECT_DECLARE_SIMPLE_TYPE(SvmvalSvaState, SVMVAL_SVA)
 #define SVA_REG_INTR            0x70
 #define SVA_REG_ATC_FLUSH       0x78
 #define SVA_REG_SEED            0x80
-#define SVA_REG_CNT             0x100
-#define SVA_REG_CNT_ATC_ENTRIES 0x150
+#define SVA_CNT_ATS_REQUESTS    0x100
+#define SVA_CNT_ATC_HITS        0x108
+#define SVA_CNT_ATC_MISSES      0x110
+#define SVA_CNT_PAGE_REQUESTS   0x118
+#define SVA_CNT_PRG_SUCCESS     0x120
+#define SVA_CNT_PRG_INVALID     0x128
+#define SVA_CNT_PRG_FAILURE     0x130
+#define SVA_CNT_INVALIDATIONS   0x138
+#define SVA_CNT_OPS             0x140
+#define SVA_CNT_BYTES           0x148
+#define SVA_CNT_ATC_ENTRIES     0x150
 #define SVA_REG_CNT_RESET       0x1f8
+#define R(off)                  ((off) / 8)
 
 #define SVA_PASID_MASK          0xfffffULL
 #define SVA_PASID_EXEC          (1ULL << 29)
@@ -62,10 +73,7 @@ OBJECT_DECLARE_SIMPLE_TYPE(SvmvalSvaState, SVMVAL_SVA)
 #define SVA_PASID_PV            (1ULL << 31)
 
 enum {
-    SVA_OP_READ_CRC = 1,
-    SVA_OP_COMPARE,
-    SVA_OP_WRITE_PATTERN,
-    SVA_OP_COPY,
+    SVA_OP_READ_CRC = 1, SVA_OP_COMPARE, SVA_OP_WRITE_PATTERN, SVA_OP_COPY,
     SVA_OP_FILL,
 };
 
@@ -74,57 +82,40 @@ enum {
 #define SVA_STATUS_ERROR        4
 
 enum {
-    SVA_ERR_NONE,
-    SVA_ERR_RESPONSE_FAILURE,
-    SVA_ERR_RESPONSE_INVALID,
-    SVA_ERR_ATS_NO_ACCESS,
-    SVA_ERR_PRI_TIMEOUT,
-    SVA_ERR_COMPARE_MISMATCH,
-    SVA_ERR_BAD_OP,
-    SVA_ERR_DMA,
-};
-
-/* Counters at SVA_REG_CNT + 8 * index */
-enum {
-    SVA_CNT_ATS_REQUESTS,
-    SVA_CNT_ATC_HITS,
-    SVA_CNT_ATC_MISSES,
-    SVA_CNT_PAGE_REQUESTS,
-    SVA_CNT_PRG_SUCCESS,
-    SVA_CNT_PRG_INVALID,
-    SVA_CNT_PRG_FAILURE,
-    SVA_CNT_INVALIDATIONS,
-    SVA_CNT_OPS,
-    SVA_CNT_BYTES,
-    SVA_CNT_NUM,
+    SVA_ERR_NONE, SVA_ERR_RESPONSE_FAILURE, SVA_ERR_RESPONSE_INVALID,
+    SVA_ERR_ATS_NO_ACCESS, SVA_ERR_PRI_TIMEOUT, SVA_ERR_COMPARE_MISMATCH,
+    SVA_ERR_BAD_OP, SVA_ERR_DMA,
 };
 
 #define SVA_PAGE_SIZE           4096
+#define SVA_PAGE_MASK           (~(uint64_t)(SVA_PAGE_SIZE - 1))
 #define SVA_MAX_LEN             (64 * MiB)
 #define SVA_CHUNKS_PER_BH       16      /* pages per bottom half run */
 #define SVA_PRI_TIMEOUT_NS      (2 * NANOSECONDS_PER_SECOND)
-#define SVA_ATC_MAX             4096
-#define SVA_NR_PASIDS           8       /* PASIDs with notifiers at once */
+#define SVA_ATC_MAX             4096    /* entries per PASID */
+#define SVA_NR_PASIDS           8       /* PASIDs with an ATC at once */
 #define SVA_PRI_OUTSTANDING     32
 
-/* Extended capability offsets */
 #define SVA_ATS_OFFSET          0x100
 #define SVA_PASID_OFFSET        0x108
 #define SVA_PRI_OFFSET          0x110
 
 typedef struct SvmvalSvaAtcEntry {
-    uint32_t pasid;             /* key: pasid and page */
-    uint64_t page;
+    uint64_t page;              /* key */
     AddressSpace *as;           /* where the translated address lives */
     hwaddr xlat;
     IOMMUAccessFlags perm;
 } SvmvalSvaAtcEntry;
 
-/* A PASID the device holds notifiers for (the IOMMU's are per PASID) */
+/*
+ * A PASID the device works for: its ATC and the notifiers the IOMMU keeps
+ * per PASID (invalidations, page group responses).
+ */
 typedef struct SvmvalSvaPasid {
     SvmvalSvaState *s;
     uint32_t pasid;
     bool bound;
+    GHashTable *atc;
     IOMMUNotifier iotlb_n;
     IOMMUPRINotifier pri_n;
 } SvmvalSvaPasid;
@@ -142,6 +133,7 @@ typedef struct SvmvalSvaOp {
     uint32_t pasid;
     bool pv, priv, exec;
     uint64_t src, dst, len, pattern;
+    SvmvalSvaPasid *ctx;        /* PV=1: the bound PASID, NULL if none */
     uint64_t pos;               /* bytes done */
     uint64_t result;
     int64_t start_ns;
@@ -149,23 +141,12 @@ typedef struct SvmvalSvaOp {
     SvmvalSvaXlat xl[2];        /* src, dst */
     bool waiting;               /* page request outstanding */
     uint16_t wait_prgi;
-    uint32_t wait_pasid;
     uint64_t wait_addr;
-    bool responded;             /* response arrived, BH handles it */
+    bool responded;             /* response arrived, the BH acts on it */
     IOMMUPRIResponseCode response;
     bool retry;                 /* retry_page's translation follows Success */
     uint64_t retry_page;
 } SvmvalSvaOp;
-
-/* Everything a reset zeroes */
-typedef struct SvmvalSvaRegs {
-    uint64_t pasid, op, src, dst, len, pattern;
-    uint64_t status, error, error_addr, result, device_ns, op_page_requests;
-    uint64_t intr;
-    uint64_t cnt[SVA_CNT_NUM];
-    uint16_t next_prgi;
-    SvmvalSvaOp op_state;
-} SvmvalSvaRegs;
 
 struct SvmvalSvaState {
     PCIDevice parent_obj;
@@ -173,101 +154,46 @@ struct SvmvalSvaState {
     MemoryRegion mmio;
     QEMUBH *bh;
     QEMUTimer *pri_timer;
-    GHashTable *atc;
     SvmvalSvaPasid pasids[SVA_NR_PASIDS];
     unsigned next_victim;
-    SvmvalSvaRegs r;
+    uint16_t next_prgi;
+    uint64_t regs[R(0x200)];
+    SvmvalSvaOp op;
     uint8_t buf[2][SVA_PAGE_SIZE];
 
     bool seed_ignore_invalidation;
     bool seed_no_last_page;
 };
 
-/* ATC */
+/* ATC and notifiers */
 
-static guint svmval_sva_atc_hash(gconstpointer key)
+static void svmval_sva_drop_held(SvmvalSvaState *s)
 {
-    const SvmvalSvaAtcEntry *e = key;
-
-    return (guint)(e->page >> 12) ^ (guint)(e->page >> 44) ^
-           (e->pasid * 0x9e3779b1u);
+    /* translations a chunk holds across a page request go with the ATC's */
+    s->op.xl[0].valid = false;
+    s->op.xl[1].valid = false;
 }
-
-static gboolean svmval_sva_atc_equal(gconstpointer a, gconstpointer b)
-{
-    const SvmvalSvaAtcEntry *x = a, *y = b;
-
-    return x->pasid == y->pasid && x->page == y->page;
-}
-
-typedef struct SvmvalSvaRange {
-    uint32_t pasid;
-    uint64_t first, last;
-} SvmvalSvaRange;
 
 static gboolean svmval_sva_atc_in_range(gpointer key, gpointer value,
                                         gpointer opaque)
 {
-    SvmvalSvaAtcEntry *e = key;
-    SvmvalSvaRange *r = opaque;
+    uint64_t page = *(uint64_t *)key;
+    uint64_t *range = opaque;
 
-    return e->pasid == r->pasid && e->page >= r->first && e->page <= r->last;
+    return page >= range[0] && page <= range[1];
 }
-
-static void svmval_sva_atc_drop(SvmvalSvaState *s, uint32_t pasid,
-                                uint64_t first, uint64_t last)
-{
-    SvmvalSvaRange r = { .pasid = pasid, .first = first, .last = last };
-
-    g_hash_table_foreach_remove(s->atc, svmval_sva_atc_in_range, &r);
-    /* translations held by an op waiting for a page request go too */
-    s->r.op_state.xl[0].valid = false;
-    s->r.op_state.xl[1].valid = false;
-}
-
-static void svmval_sva_atc_flush(SvmvalSvaState *s)
-{
-    g_hash_table_remove_all(s->atc);
-    s->r.op_state.xl[0].valid = false;
-    s->r.op_state.xl[1].valid = false;
-}
-
-static void svmval_sva_atc_insert(SvmvalSvaState *s, uint32_t pasid,
-                                  uint64_t page, const IOMMUTLBEntry *t)
-{
-    SvmvalSvaAtcEntry *e = g_new(SvmvalSvaAtcEntry, 1);
-
-    if (g_hash_table_size(s->atc) >= SVA_ATC_MAX) {
-        /* full: evict any one entry, as a real ATC would */
-        GHashTableIter it;
-        gpointer victim;
-
-        g_hash_table_iter_init(&it, s->atc);
-        g_hash_table_iter_next(&it, &victim, NULL);
-        g_hash_table_iter_remove(&it);
-    }
-    e->pasid = pasid;
-    e->page = page;
-    e->as = t->target_as;
-    /* the answer may be a large page: keep the 4 KiB one we asked for */
-    e->xlat = (t->translated_addr & ~t->addr_mask) | (page & t->addr_mask);
-    e->perm = t->perm;
-    g_hash_table_replace(s->atc, e, e);
-}
-
-/* Notifiers, one pair per PASID the device has used */
 
 static void svmval_sva_iotlb_notify(IOMMUNotifier *n, IOMMUTLBEntry *iotlb)
 {
     SvmvalSvaPasid *p = container_of(n, SvmvalSvaPasid, iotlb_n);
-    SvmvalSvaState *s = p->s;
+    uint64_t range[2] = { iotlb->iova, iotlb->iova + iotlb->addr_mask };
 
-    s->r.cnt[SVA_CNT_INVALIDATIONS]++;
-    if (s->seed_ignore_invalidation) {
+    p->s->regs[R(SVA_CNT_INVALIDATIONS)]++;
+    if (p->s->seed_ignore_invalidation) {
         return; /* test-only: keep stale translations */
     }
-    svmval_sva_atc_drop(s, p->pasid, iotlb->iova,
-                        iotlb->iova + iotlb->addr_mask);
+    g_hash_table_foreach_remove(p->atc, svmval_sva_atc_in_range, range);
+    svmval_sva_drop_held(p->s);
 }
 
 static void svmval_sva_pri_notify(IOMMUPRINotifier *n,
@@ -275,21 +201,20 @@ static void svmval_sva_pri_notify(IOMMUPRINotifier *n,
 {
     SvmvalSvaPasid *p = container_of(n, SvmvalSvaPasid, pri_n);
     SvmvalSvaState *s = p->s;
-    SvmvalSvaOp *o = &s->r.op_state;
+    SvmvalSvaOp *o = &s->op;
 
     switch (resp->response_code) {
     case IOMMU_PRI_RESP_SUCCESS:
-        s->r.cnt[SVA_CNT_PRG_SUCCESS]++;
+        s->regs[R(SVA_CNT_PRG_SUCCESS)]++;
         break;
     case IOMMU_PRI_RESP_INVALID_REQUEST:
-        s->r.cnt[SVA_CNT_PRG_INVALID]++;
+        s->regs[R(SVA_CNT_PRG_INVALID)]++;
         break;
     default:
-        s->r.cnt[SVA_CNT_PRG_FAILURE]++;
+        s->regs[R(SVA_CNT_PRG_FAILURE)]++;
         break;
     }
-    if (!o->waiting || resp->prgi != o->wait_prgi ||
-        p->pasid != o->wait_pasid) {
+    if (!o->waiting || o->ctx != p || resp->prgi != o->wait_prgi) {
         return; /* late (timed out) or not ours */
     }
     /*
@@ -307,7 +232,11 @@ static void svmval_sva_unbind(SvmvalSvaState *s, SvmvalSvaPasid *p)
 {
     PCIDevice *pdev = PCI_DEVICE(s);
 
-    svmval_sva_atc_drop(s, p->pasid, 0, UINT64_MAX);
+    g_hash_table_remove_all(p->atc);
+    svmval_sva_drop_held(s);
+    if (s->op.ctx == p) {
+        s->op.ctx = NULL; /* the op's next translation fails */
+    }
     pci_pri_unregister_notifier(pdev, p->pasid);
     pci_iommu_unregister_iotlb_notifier(pdev, p->pasid, &p->iotlb_n);
     p->bound = false;
@@ -323,38 +252,38 @@ static void svmval_sva_unbind_all(SvmvalSvaState *s)
 }
 
 /*
- * Register for invalidations and page group responses of @pasid.  Only
- * called with PASID and ATS enabled: intel-iommu then also needs
- * device-iotlb=on, or the registration is fatal.
+ * The context of @pasid, registering its notifiers on first use; NULL when
+ * there is no IOMMU to register with.  Called with PASID and ATS enabled:
+ * intel-iommu must then have device-iotlb=on, or registering is fatal.
  */
-static void svmval_sva_bind(SvmvalSvaState *s, uint32_t pasid)
+static SvmvalSvaPasid *svmval_sva_bind(SvmvalSvaState *s, uint32_t pasid)
 {
     PCIDevice *pdev = PCI_DEVICE(s);
     SvmvalSvaPasid *p = NULL;
 
     for (int i = 0; i < SVA_NR_PASIDS; i++) {
         if (s->pasids[i].bound && s->pasids[i].pasid == pasid) {
-            return;
+            return &s->pasids[i];
         }
         if (!p && !s->pasids[i].bound) {
             p = &s->pasids[i];
         }
     }
     if (!p) {
-        /* out of PASID slots: the victim's translations cannot stay */
+        /* out of contexts: the victim's translations cannot stay */
         p = &s->pasids[s->next_victim++ % SVA_NR_PASIDS];
         svmval_sva_unbind(s, p);
     }
-    p->s = s;
     p->pasid = pasid;
     if (pci_iommu_init_iotlb_notifier(pdev, &p->iotlb_n,
                                       svmval_sva_iotlb_notify, p) ||
         pci_iommu_register_iotlb_notifier(pdev, pasid, &p->iotlb_n)) {
-        return; /* no IOMMU: ATS requests will fail too */
+        return NULL;
     }
     p->pri_n.notify = svmval_sva_pri_notify;
     pci_pri_register_notifier(pdev, pasid, &p->pri_n);
     p->bound = true;
+    return p;
 }
 
 /* Operations */
@@ -363,18 +292,19 @@ static void svmval_sva_finish(SvmvalSvaState *s, uint64_t error,
                               uint64_t addr)
 {
     PCIDevice *pdev = PCI_DEVICE(s);
-    SvmvalSvaOp *o = &s->r.op_state;
+    SvmvalSvaOp *o = &s->op;
 
     o->waiting = false;
     timer_del(s->pri_timer);
-    s->r.status = error ? SVA_STATUS_ERROR : SVA_STATUS_DONE;
-    s->r.error = error;
-    s->r.error_addr = error ? addr : 0;
-    s->r.result = o->result;
-    s->r.device_ns = qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) - o->start_ns;
-    s->r.op_page_requests = o->page_requests;
-    s->r.cnt[SVA_CNT_OPS]++;
-    s->r.intr |= 1;
+    s->regs[R(SVA_REG_STATUS)] = error ? SVA_STATUS_ERROR : SVA_STATUS_DONE;
+    s->regs[R(SVA_REG_ERROR)] = error;
+    s->regs[R(SVA_REG_ERROR_ADDR)] = error ? addr : 0;
+    s->regs[R(SVA_REG_RESULT)] = o->result;
+    s->regs[R(SVA_REG_DEVICE_NS)] =
+        qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) - o->start_ns;
+    s->regs[R(SVA_REG_OP_PAGE_REQS)] = o->page_requests;
+    s->regs[R(SVA_CNT_OPS)]++;
+    s->regs[R(SVA_REG_INTR)] |= 1;
     if (msi_enabled(pdev)) {
         msi_notify(pdev, 0);
     }
@@ -385,64 +315,64 @@ static void svmval_sva_page_request(SvmvalSvaState *s, uint64_t addr,
                                     bool is_write)
 {
     PCIDevice *pdev = PCI_DEVICE(s);
-    SvmvalSvaOp *o = &s->r.op_state;
-    uint16_t prgi = s->r.next_prgi;
+    SvmvalSvaOp *o = &s->op;
+    uint16_t prgi = s->next_prgi;
     int ret;
 
-    s->r.next_prgi = (prgi + 1) & PCI_PRI_PRGI_MASK;
+    s->next_prgi = (prgi + 1) & PCI_PRI_PRGI_MASK;
     /* one page per group: LPIG set unless the test-only seed drops it */
     ret = pci_pri_request_page(pdev, o->pasid, o->priv, o->exec,
-                               addr & ~(uint64_t)(SVA_PAGE_SIZE - 1),
-                               !s->seed_no_last_page, prgi,
-                               !is_write || o->exec, is_write);
+                               addr & SVA_PAGE_MASK, !s->seed_no_last_page,
+                               prgi, !is_write || o->exec, is_write);
     if (ret) {
         svmval_sva_finish(s, ret == -EPERM ? SVA_ERR_ATS_NO_ACCESS :
                           SVA_ERR_DMA, addr);
         return;
     }
-    s->r.cnt[SVA_CNT_PAGE_REQUESTS]++;
+    s->regs[R(SVA_CNT_PAGE_REQUESTS)]++;
     o->page_requests++;
     o->waiting = true;
     o->wait_prgi = prgi;
-    o->wait_pasid = o->pasid;
     o->wait_addr = addr;
     timer_mod(s->pri_timer,
               qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL) + SVA_PRI_TIMEOUT_NS);
 }
 
 /*
- * Translate operand @i at @addr (PV=1 only).  Returns true when x is
- * valid; false when the op waits for a page request or has ended.
+ * Translate operand @i at @addr through the ATC (PV=1).  False when the
+ * op now waits for a page group response or has ended.
  */
 static bool svmval_sva_translate(SvmvalSvaState *s, int i, uint64_t addr,
                                  bool is_write)
 {
     PCIDevice *pdev = PCI_DEVICE(s);
-    SvmvalSvaOp *o = &s->r.op_state;
-    SvmvalSvaXlat *x = &o->xl[i];
-    uint64_t page = addr & ~(uint64_t)(SVA_PAGE_SIZE - 1);
+    SvmvalSvaOp *o = &s->op;
+    SvmvalSvaPasid *p = o->ctx;
+    uint64_t page = addr & SVA_PAGE_MASK;
     IOMMUAccessFlags need = is_write ? IOMMU_WO : IOMMU_RO;
-    SvmvalSvaAtcEntry key = { .pasid = o->pasid, .page = page };
-    SvmvalSvaAtcEntry *e = g_hash_table_lookup(s->atc, &key);
+    SvmvalSvaAtcEntry *e;
     IOMMUTLBEntry t;
     uint32_t err_count;
     bool retry;
     ssize_t n;
 
-    if (!e || (e->perm & need) != need) {
-        if (!pcie_ats_enabled(pdev) || !pcie_pasid_enabled(pdev)) {
-            /* no translation requests without ATS and PASID enabled */
-            svmval_sva_finish(s, SVA_ERR_ATS_NO_ACCESS, addr);
-            return false;
-        }
+    if (!p) {
+        /* no context: PASID or ATS disabled (or no IOMMU) */
+        svmval_sva_finish(s, SVA_ERR_ATS_NO_ACCESS, addr);
+        return false;
+    }
+    e = g_hash_table_lookup(p->atc, &page);
+    if (e && (e->perm & need) == need) {
+        s->regs[R(SVA_CNT_ATC_HITS)]++;
+    } else {
         retry = o->retry && o->retry_page == page;
         if (retry) {
             o->retry = false;
         } else {
-            s->r.cnt[SVA_CNT_ATC_MISSES]++;
+            s->regs[R(SVA_CNT_ATC_MISSES)]++;
         }
-        s->r.cnt[SVA_CNT_ATS_REQUESTS]++;
-        /* ask for a read-only translation unless we write */
+        s->regs[R(SVA_CNT_ATS_REQUESTS)]++;
+        /* a read-only translation unless we write */
         n = pci_ats_request_translation(pdev, o->pasid, o->priv, o->exec,
                                         page, SVA_PAGE_SIZE, !is_write,
                                         &t, 1, &err_count);
@@ -454,14 +384,20 @@ static bool svmval_sva_translate(SvmvalSvaState *s, int i, uint64_t addr,
             }
             return false;
         }
-        svmval_sva_atc_insert(s, o->pasid, page, &t);
-        e = g_hash_table_lookup(s->atc, &key);
-    } else {
-        s->r.cnt[SVA_CNT_ATC_HITS]++;
+        if (g_hash_table_size(p->atc) >= SVA_ATC_MAX) {
+            g_hash_table_remove_all(p->atc); /* full: start over */
+        }
+        e = g_new(SvmvalSvaAtcEntry, 1);
+        e->page = page;
+        e->as = t.target_as;
+        /* the answer may be a large page: keep the 4 KiB we asked for */
+        e->xlat = (t.translated_addr & ~t.addr_mask) | (page & t.addr_mask);
+        e->perm = t.perm;
+        g_hash_table_replace(p->atc, &e->page, e);
     }
-    x->valid = true;
-    x->as = e->as;
-    x->addr = e->xlat | (addr & (SVA_PAGE_SIZE - 1));
+    o->xl[i].valid = true;
+    o->xl[i].as = e->as;
+    o->xl[i].addr = e->xlat | (addr & ~SVA_PAGE_MASK);
     return true;
 }
 
@@ -470,7 +406,7 @@ static bool svmval_sva_dma(SvmvalSvaState *s, int i, uint64_t addr,
                            uint64_t len, DMADirection dir)
 {
     PCIDevice *pdev = PCI_DEVICE(s);
-    SvmvalSvaOp *o = &s->r.op_state;
+    SvmvalSvaOp *o = &s->op;
     MemTxResult r;
 
     if (!o->pv) {
@@ -481,9 +417,9 @@ static bool svmval_sva_dma(SvmvalSvaState *s, int i, uint64_t addr,
         r = MEMTX_ERROR;
     } else {
         /*
-         * QEMU 10.2 has no translated-request attribute its IOMMUs honour
-         * (MemTxAttrs.address_type is unused): a translated request is an
-         * access to the translation's target address space.
+         * QEMU 10.2's IOMMUs do not look at MemTxAttrs.address_type: a
+         * translated request is an access to the translation's target
+         * address space, not one through the device's IOMMU region.
          */
         r = dma_memory_rw(o->xl[i].as, o->xl[i].addr, s->buf[i], len, dir,
                           MEMTXATTRS_UNSPECIFIED);
@@ -492,45 +428,44 @@ static bool svmval_sva_dma(SvmvalSvaState *s, int i, uint64_t addr,
         svmval_sva_finish(s, SVA_ERR_DMA, addr);
         return false;
     }
-    s->r.cnt[SVA_CNT_BYTES] += len;
+    s->regs[R(SVA_CNT_BYTES)] += len;
     return true;
 }
 
-/* Process the chunk at o->pos, within one page of each operand */
+/* Process the chunk at o->pos: at most one page of each operand */
 static bool svmval_sva_chunk(SvmvalSvaState *s)
 {
-    SvmvalSvaOp *o = &s->r.op_state;
-    bool two = o->op == SVA_OP_COPY || o->op == SVA_OP_COMPARE;
+    SvmvalSvaOp *o = &s->op;
+    int nops = (o->op == SVA_OP_COPY || o->op == SVA_OP_COMPARE) ? 2 : 1;
     bool wr[2] = {
         o->op == SVA_OP_WRITE_PATTERN || o->op == SVA_OP_FILL,
         o->op == SVA_OP_COPY,
     };
     uint64_t addr[2] = { o->src + o->pos, o->dst + o->pos };
-    uint64_t len = MIN(o->len - o->pos,
-                       SVA_PAGE_SIZE - (addr[0] & (SVA_PAGE_SIZE - 1)));
+    uint64_t len = o->len - o->pos;
+    int i;
 
-    if (two) {
-        len = MIN(len, SVA_PAGE_SIZE - (addr[1] & (SVA_PAGE_SIZE - 1)));
+    for (i = 0; i < nops; i++) {
+        len = MIN(len, SVA_PAGE_SIZE - (addr[i] & ~SVA_PAGE_MASK));
     }
-    for (int i = 0; i < (two ? 2 : 1); i++) {
+    for (i = 0; i < nops; i++) {
         if (o->pv && !o->xl[i].valid &&
             !svmval_sva_translate(s, i, addr[i], wr[i])) {
+            return false;
+        }
+    }
+    for (i = 0; i < nops; i++) {
+        if (!wr[i] &&
+            !svmval_sva_dma(s, i, addr[i], len, DMA_DIRECTION_TO_DEVICE)) {
             return false;
         }
     }
 
     switch (o->op) {
     case SVA_OP_READ_CRC:
-        if (!svmval_sva_dma(s, 0, addr[0], len, DMA_DIRECTION_TO_DEVICE)) {
-            return false;
-        }
         o->result = crc32(o->result, s->buf[0], len);
         break;
     case SVA_OP_COMPARE:
-        if (!svmval_sva_dma(s, 0, addr[0], len, DMA_DIRECTION_TO_DEVICE) ||
-            !svmval_sva_dma(s, 1, addr[1], len, DMA_DIRECTION_TO_DEVICE)) {
-            return false;
-        }
         for (uint64_t k = 0; k < len; k++) {
             if (s->buf[0][k] != s->buf[1][k]) {
                 o->result = o->pos + k + 1;
@@ -543,30 +478,24 @@ static bool svmval_sva_chunk(SvmvalSvaState *s)
         for (uint64_t k = 0; k < len; k++) {
             s->buf[0][k] = o->pattern + (o->pos + k) * 131;
         }
-        if (!svmval_sva_dma(s, 0, addr[0], len, DMA_DIRECTION_FROM_DEVICE)) {
-            return false;
-        }
         break;
     case SVA_OP_COPY:
-        if (!svmval_sva_dma(s, 0, addr[0], len, DMA_DIRECTION_TO_DEVICE)) {
-            return false;
-        }
         memcpy(s->buf[1], s->buf[0], len);
-        if (!svmval_sva_dma(s, 1, addr[1], len, DMA_DIRECTION_FROM_DEVICE)) {
-            return false;
-        }
         break;
     case SVA_OP_FILL:
         for (uint64_t k = 0; k < len; k++) {
             s->buf[0][k] = o->pattern >> (((o->pos + k) & 7) * 8);
         }
-        if (!svmval_sva_dma(s, 0, addr[0], len, DMA_DIRECTION_FROM_DEVICE)) {
-            return false;
-        }
         break;
     }
-    o->xl[0].valid = false;
-    o->xl[1].valid = false;
+
+    for (i = 0; i < nops; i++) {
+        if (wr[i] &&
+            !svmval_sva_dma(s, i, addr[i], len, DMA_DIRECTION_FROM_DEVICE)) {
+            return false;
+        }
+    }
+    svmval_sva_drop_held(s);
     o->pos += len;
     return true;
 }
@@ -575,9 +504,9 @@ static bool svmval_sva_chunk(SvmvalSvaState *s)
 static void svmval_sva_run(void *opaque)
 {
     SvmvalSvaState *s = opaque;
-    SvmvalSvaOp *o = &s->r.op_state;
+    SvmvalSvaOp *o = &s->op;
 
-    if (!(s->r.status & SVA_STATUS_BUSY) || o->waiting) {
+    if (!(s->regs[R(SVA_REG_STATUS)] & SVA_STATUS_BUSY) || o->waiting) {
         return;
     }
     if (o->responded) {
@@ -590,7 +519,7 @@ static void svmval_sva_run(void *opaque)
             return;
         }
         o->retry = true;
-        o->retry_page = o->wait_addr & ~(uint64_t)(SVA_PAGE_SIZE - 1);
+        o->retry_page = o->wait_addr & SVA_PAGE_MASK;
     }
     for (int n = 0; n < SVA_CHUNKS_PER_BH; n++) {
         if (o->pos == o->len) {
@@ -607,33 +536,33 @@ static void svmval_sva_run(void *opaque)
 static void svmval_sva_pri_timeout(void *opaque)
 {
     SvmvalSvaState *s = opaque;
-    SvmvalSvaOp *o = &s->r.op_state;
 
-    if (o->waiting) {
-        svmval_sva_finish(s, SVA_ERR_PRI_TIMEOUT, o->wait_addr);
+    if (s->op.waiting) {
+        svmval_sva_finish(s, SVA_ERR_PRI_TIMEOUT, s->op.wait_addr);
     }
 }
 
 static void svmval_sva_start(SvmvalSvaState *s)
 {
     PCIDevice *pdev = PCI_DEVICE(s);
-    SvmvalSvaOp *o = &s->r.op_state;
+    SvmvalSvaOp *o = &s->op;
+    uint64_t pasid = s->regs[R(SVA_REG_PASID)];
 
     memset(o, 0, sizeof(*o));
-    o->op = s->r.op;
-    o->pasid = s->r.pasid & SVA_PASID_MASK;
-    o->pv = s->r.pasid & SVA_PASID_PV;
-    o->priv = s->r.pasid & SVA_PASID_PRIV;
-    o->exec = s->r.pasid & SVA_PASID_EXEC;
-    o->src = s->r.src;
-    o->dst = s->r.dst;
-    o->len = s->r.len;
-    o->pattern = s->r.pattern;
+    o->op = s->regs[R(SVA_REG_OP)];
+    o->pasid = pasid & SVA_PASID_MASK;
+    o->pv = pasid & SVA_PASID_PV;
+    o->priv = pasid & SVA_PASID_PRIV;
+    o->exec = pasid & SVA_PASID_EXEC;
+    o->src = s->regs[R(SVA_REG_SRC)];
+    o->dst = s->regs[R(SVA_REG_DST)];
+    o->len = s->regs[R(SVA_REG_LEN)];
+    o->pattern = s->regs[R(SVA_REG_PATTERN)];
     o->start_ns = qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL);
-    s->r.status = SVA_STATUS_BUSY;
-    s->r.error = 0;
-    s->r.error_addr = 0;
-    s->r.result = 0;
+    s->regs[R(SVA_REG_STATUS)] = SVA_STATUS_BUSY;
+    s->regs[R(SVA_REG_ERROR)] = 0;
+    s->regs[R(SVA_REG_ERROR_ADDR)] = 0;
+    s->regs[R(SVA_REG_RESULT)] = 0;
 
     if (o->op < SVA_OP_READ_CRC || o->op > SVA_OP_FILL ||
         o->len == 0 || o->len > SVA_MAX_LEN) {
@@ -641,73 +570,40 @@ static void svmval_sva_start(SvmvalSvaState *s)
         return;
     }
     if (o->pv && pcie_pasid_enabled(pdev) && pcie_ats_enabled(pdev)) {
-        svmval_sva_bind(s, o->pasid);
+        o->ctx = svmval_sva_bind(s, o->pasid);
     }
     qemu_bh_schedule(s->bh);
 }
 
-/* MMIO */
-
-static uint64_t *svmval_sva_rw_reg(SvmvalSvaState *s, hwaddr reg)
-{
-    switch (reg) {
-    case SVA_REG_PASID:
-        return &s->r.pasid;
-    case SVA_REG_OP:
-        return &s->r.op;
-    case SVA_REG_SRC:
-        return &s->r.src;
-    case SVA_REG_DST:
-        return &s->r.dst;
-    case SVA_REG_LEN:
-        return &s->r.len;
-    case SVA_REG_PATTERN:
-        return &s->r.pattern;
-    }
-    return NULL;
-}
-
-static uint64_t svmval_sva_reg(SvmvalSvaState *s, hwaddr reg)
-{
-    uint64_t *rw = svmval_sva_rw_reg(s, reg);
-
-    if (rw) {
-        return *rw;
-    }
-    if (reg >= SVA_REG_CNT && reg < SVA_REG_CNT + 8 * SVA_CNT_NUM) {
-        return s->r.cnt[(reg - SVA_REG_CNT) / 8];
-    }
-    switch (reg) {
-    case SVA_REG_ID:
-        return SVA_ID_VALUE;
-    case SVA_REG_STATUS:
-        return s->r.status;
-    case SVA_REG_ERROR:
-        return s->r.error;
-    case SVA_REG_ERROR_ADDR:
-        return s->r.error_addr;
-    case SVA_REG_RESULT:
-        return s->r.result;
-    case SVA_REG_DEVICE_NS:
-        return s->r.device_ns;
-    case SVA_REG_OP_PAGE_REQS:
-        return s->r.op_page_requests;
-    case SVA_REG_INTR:
-        return s->r.intr;
-    case SVA_REG_SEED:
-        return s->seed_ignore_invalidation | (s->seed_no_last_page << 1);
-    case SVA_REG_CNT_ATC_ENTRIES:
-        return g_hash_table_size(s->atc);
-    }
-    return 0;
-}
+/* MMIO: 64-bit registers, 32-bit accesses reach either half */
 
 static uint64_t svmval_sva_mmio_read(void *opaque, hwaddr addr, unsigned size)
 {
     SvmvalSvaState *s = opaque;
+    hwaddr reg = addr & ~7ULL;
+    uint64_t val = 0;
 
-    return extract64(svmval_sva_reg(s, addr & ~7ULL), (addr & 7) * 8,
-                     size * 8);
+    switch (reg) {
+    case SVA_REG_ID:
+        val = SVA_ID_VALUE;
+        break;
+    case SVA_REG_SEED:
+        val = s->seed_ignore_invalidation | (s->seed_no_last_page << 1);
+        break;
+    case SVA_CNT_ATC_ENTRIES:
+        for (int i = 0; i < SVA_NR_PASIDS; i++) {
+            val += g_hash_table_size(s->pasids[i].atc);
+        }
+        break;
+    case SVA_REG_DOORBELL:
+    case SVA_REG_ATC_FLUSH:
+    case SVA_REG_CNT_RESET:
+        break; /* write-only */
+    default:
+        val = s->regs[R(reg)];
+        break;
+    }
+    return extract64(val, (addr & 7) * 8, size * 8);
 }
 
 static void svmval_sva_mmio_write(void *opaque, hwaddr addr, uint64_t val,
@@ -716,48 +612,51 @@ static void svmval_sva_mmio_write(void *opaque, hwaddr addr, uint64_t val,
     SvmvalSvaState *s = opaque;
     hwaddr reg = addr & ~7ULL;
     unsigned shift = (addr & 7) * 8;
-    uint64_t *rw = svmval_sva_rw_reg(s, reg);
 
-    if (rw) {
-        /* 32-bit accesses update their half of the 64-bit register */
-        *rw = deposit64(*rw, shift, size * 8, val);
-        s->r.pasid &= SVA_PASID_MASK | SVA_PASID_EXEC | SVA_PASID_PRIV |
-                      SVA_PASID_PV;
-        return;
-    }
-    val <<= shift;
     switch (reg) {
+    case SVA_REG_PASID:
+        val = deposit64(s->regs[R(reg)], shift, size * 8, val);
+        s->regs[R(reg)] = val & (SVA_PASID_MASK | SVA_PASID_EXEC |
+                                 SVA_PASID_PRIV | SVA_PASID_PV);
+        break;
+    case SVA_REG_OP:
+    case SVA_REG_SRC:
+    case SVA_REG_DST:
+    case SVA_REG_LEN:
+    case SVA_REG_PATTERN:
+        s->regs[R(reg)] = deposit64(s->regs[R(reg)], shift, size * 8, val);
+        break;
     case SVA_REG_DOORBELL:
-        if ((val & 1) && !(s->r.status & SVA_STATUS_BUSY)) {
+        if (!shift && (val & 1) &&
+            !(s->regs[R(SVA_REG_STATUS)] & SVA_STATUS_BUSY)) {
             svmval_sva_start(s);
         }
         break;
     case SVA_REG_INTR:
-        s->r.intr &= ~val;
+        s->regs[R(reg)] &= ~(val << shift);
         break;
     case SVA_REG_ATC_FLUSH:
-        if (val & 1) {
-            svmval_sva_atc_flush(s);
+        if (!shift && (val & 1)) {
+            for (int i = 0; i < SVA_NR_PASIDS; i++) {
+                g_hash_table_remove_all(s->pasids[i].atc);
+            }
+            svmval_sva_drop_held(s);
         }
         break;
     case SVA_REG_CNT_RESET:
-        memset(s->r.cnt, 0, sizeof(s->r.cnt));
+        memset(&s->regs[R(SVA_CNT_ATS_REQUESTS)], 0,
+               SVA_CNT_ATC_ENTRIES - SVA_CNT_ATS_REQUESTS);
         break;
     }
+    /* everything else is read-only */
 }
 
 static const MemoryRegionOps svmval_sva_mmio_ops = {
     .read = svmval_sva_mmio_read,
     .write = svmval_sva_mmio_write,
     .endianness = DEVICE_LITTLE_ENDIAN,
-    .valid = {
-        .min_access_size = 4,
-        .max_access_size = 8,
-    },
-    .impl = {
-        .min_access_size = 4,
-        .max_access_size = 8,
-    },
+    .valid = { .min_access_size = 4, .max_access_size = 8 },
+    .impl = { .min_access_size = 4, .max_access_size = 8 },
 };
 
 /* PCI */
@@ -765,26 +664,23 @@ static const MemoryRegionOps svmval_sva_mmio_ops = {
 static void svmval_sva_write_config(PCIDevice *pdev, uint32_t addr,
                                     uint32_t val, int len)
 {
-    SvmvalSvaState *s = SVMVAL_SVA(pdev);
-    uint16_t pri = pdev->exp.pri_cap;
+    uint8_t *pri_status = pdev->config + SVA_PRI_OFFSET + PCI_PRI_STATUS;
 
     /*
-     * ATC and notifiers follow the ATS, PASID and PRI enables: drop them
-     * before the write, while unregistering still sees PASID enabled.
+     * The ATC and notifiers follow the ATS, PASID and PRI enables: drop
+     * them before the write, while unregistering still sees PASID enabled.
      */
-    if (ranges_overlap(addr, len, pdev->exp.ats_cap + PCI_ATS_CTRL, 2) ||
-        ranges_overlap(addr, len, pdev->exp.pasid_cap + PCI_PASID_CTRL, 2) ||
-        ranges_overlap(addr, len, pri + PCI_PRI_CTRL, 2)) {
-        svmval_sva_unbind_all(s);
+    if (ranges_overlap(addr, len, SVA_ATS_OFFSET + PCI_ATS_CTRL, 2) ||
+        ranges_overlap(addr, len, SVA_PASID_OFFSET + PCI_PASID_CTRL, 2) ||
+        ranges_overlap(addr, len, SVA_PRI_OFFSET + PCI_PRI_CTRL, 2)) {
+        svmval_sva_unbind_all(SVMVAL_SVA(pdev));
     }
     pci_default_write_config(pdev, addr, val, len);
     /* PRI Stopped reads 1 while PRI is disabled (Linux checks it) */
     if (pcie_pri_enabled(pdev)) {
-        pci_word_test_and_clear_mask(pdev->config + pri + PCI_PRI_STATUS,
-                                     PCI_PRI_STATUS_STOPPED);
+        pci_word_test_and_clear_mask(pri_status, PCI_PRI_STATUS_STOPPED);
     } else {
-        pci_word_test_and_set_mask(pdev->config + pri + PCI_PRI_STATUS,
-                                   PCI_PRI_STATUS_STOPPED);
+        pci_word_test_and_set_mask(pri_status, PCI_PRI_STATUS_STOPPED);
     }
 }
 
@@ -808,8 +704,11 @@ static void svmval_sva_realize(PCIDevice *pdev, Error **errp)
                           "svmval-sva-mmio", 4 * KiB);
     pci_register_bar(pdev, 0, PCI_BASE_ADDRESS_SPACE_MEMORY, &s->mmio);
 
-    s->atc = g_hash_table_new_full(svmval_sva_atc_hash, svmval_sva_atc_equal,
-                                   g_free, NULL);
+    for (int i = 0; i < SVA_NR_PASIDS; i++) {
+        s->pasids[i].s = s;
+        s->pasids[i].atc = g_hash_table_new_full(g_int64_hash, g_int64_equal,
+                                                 NULL, g_free);
+    }
     s->bh = qemu_bh_new_guarded(svmval_sva_run, s,
                                 &DEVICE(s)->mem_reentrancy_guard);
     s->pri_timer = timer_new_ns(QEMU_CLOCK_VIRTUAL, svmval_sva_pri_timeout, s);
@@ -820,7 +719,9 @@ static void svmval_sva_exit(PCIDevice *pdev)
     SvmvalSvaState *s = SVMVAL_SVA(pdev);
 
     svmval_sva_unbind_all(s);
-    g_hash_table_destroy(s->atc);
+    for (int i = 0; i < SVA_NR_PASIDS; i++) {
+        g_hash_table_destroy(s->pasids[i].atc);
+    }
     timer_free(s->pri_timer);
     qemu_bh_delete(s->bh);
     msi_uninit(pdev);
@@ -829,20 +730,21 @@ static void svmval_sva_exit(PCIDevice *pdev)
 static void svmval_sva_reset_hold(Object *obj, ResetType type)
 {
     SvmvalSvaState *s = SVMVAL_SVA(obj);
-    PCIDevice *pdev = PCI_DEVICE(obj);
+    uint8_t *config = PCI_DEVICE(obj)->config;
 
     qemu_bh_cancel(s->bh);
     timer_del(s->pri_timer);
-    svmval_sva_unbind_all(s);
-    svmval_sva_atc_flush(s);
-    memset(&s->r, 0, sizeof(s->r));
+    svmval_sva_unbind_all(s); /* before the enables below are cleared */
+    memset(s->regs, 0, sizeof(s->regs));
+    memset(&s->op, 0, sizeof(s->op));
+    s->next_prgi = 0;
     /* QEMU's PCI reset leaves the extended capabilities to the device */
-    pci_set_word(pdev->config + SVA_ATS_OFFSET + PCI_ATS_CTRL, 0);
-    pci_set_word(pdev->config + SVA_PASID_OFFSET + PCI_PASID_CTRL, 0);
-    pci_set_word(pdev->config + SVA_PRI_OFFSET + PCI_PRI_CTRL, 0);
-    pci_set_word(pdev->config + SVA_PRI_OFFSET + PCI_PRI_STATUS,
+    pci_set_word(config + SVA_ATS_OFFSET + PCI_ATS_CTRL, 0);
+    pci_set_word(config + SVA_PASID_OFFSET + PCI_PASID_CTRL, 0);
+    pci_set_word(config + SVA_PRI_OFFSET + PCI_PRI_CTRL, 0);
+    pci_set_word(config + SVA_PRI_OFFSET + PCI_PRI_STATUS,
                  PCI_PRI_STATUS_STOPPED | PCI_PRI_STATUS_PASID);
-    pci_set_long(pdev->config + SVA_PRI_OFFSET + PCI_PRI_ALLOC_REQ, 0);
+    pci_set_long(config + SVA_PRI_OFFSET + PCI_PRI_ALLOC_REQ, 0);
 }
 
 static const Property svmval_sva_properties[] = {
