@@ -17,7 +17,7 @@ from harness.qemu.probe import probe_qemu
 from harness.qemu.qtest import VTD_BASE, QtestMachine
 from harness.viommu.capability import Ecap
 from host_setup.qemu_build import build, source, tree
-from host_setup.qemu_build.errors import MissingBuildPackage, SourceUnavailable
+from host_setup.qemu_build.errors import MissingBuildPackage, QemuBuildError, SourceUnavailable
 from host_setup.qemu_build.tree import Named
 
 SHA = "f" * 64
@@ -127,6 +127,14 @@ def test_a_missing_build_package_is_named() -> None:
     assert info.value.packages == ["libsvmval-absent-dev", "svmval-absent-tool"]
     assert "apt-get install --no-install-recommends libsvmval-absent-dev svmval-absent-tool" in str(info.value)
     assert "sh-present" not in str(info.value)
+
+
+def test_a_failed_step_names_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "build.log"
+    with pytest.raises(QemuBuildError, match=rf"QEMU configure failed \(exit 3\); build log: {re.escape(str(log))}"
+                       r"(.|\n)*boom"):
+        build._run_logged(["sh", "-c", "echo boom; exit 3"], tmp_path, log, "QEMU configure")
+    assert "boom" in log.read_text()  # kept
 
 
 def test_this_machine_has_every_build_package() -> None:
