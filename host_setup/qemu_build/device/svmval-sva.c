@@ -377,6 +377,7 @@ static bool svmval_sva_translate(SvmvalSvaState *s, int i, uint64_t addr,
                                         page, SVA_PAGE_SIZE, !is_write,
                                         &t, 1, &err_count);
         if (n != 1 || (t.perm & need) != need) {
+            /* denied: ask the OS, once; denied after its Success: fail */
             if (n >= 0 && !retry && pcie_pri_get_req_alloc(pdev)) {
                 svmval_sva_page_request(s, addr, is_write);
             } else {
