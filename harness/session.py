@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from harness.viommu import GuestMemory
 
@@ -59,8 +59,8 @@ class GuestSession(Protocol):
     @property
     def boot_s(self) -> float: ...
 
-    def trace_file(self) -> Path:
-        """The vtd_* trace written so far, as a local file (pause the guest first)."""
+    def open_trace(self) -> BinaryIO:
+        """The vtd_* trace, readable while QEMU appends to it (harness.trace.follow)."""
         ...
 
     def trace_format(self) -> Path:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
@@ -259,10 +259,10 @@ class RemoteSession:
     boot_s: float
     local_vm_dir: Path
 
-    def trace_file(self) -> Path:
-        local = self.local_vm_dir / "trace.log"
-        self.machine.t.get(str(self.spec.trace_log), local)
-        return local
+    def open_trace(self) -> BinaryIO:
+        """The trace on the host, read over SFTP as QEMU appends to it."""
+        sftp = self.machine.t.transport.open_sftp_client()
+        return sftp.open(str(self.spec.trace_log), "rb")
 
     def trace_format(self) -> Path:
         local = self.local_vm_dir / "trace-events-all"

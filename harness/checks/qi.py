@@ -88,6 +88,11 @@ class QiReplay:
         return self._model.caches
 
     # -- events ----------------------------------------------------------------------
+    @property
+    def wants(self) -> frozenset[str]:
+        """The events the replay reads (an EventSink for harness.trace.follow)."""
+        return frozenset(QI_EVENTS)
+
     def feed(self, events: Iterable[TraceEvent]) -> None:
         for ev in events:
             self.counts["events"] += 1

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from guest_image.build import GuestImage
 from guest_image.recipe import CACHE_LABEL, READY_MARKER
@@ -29,9 +30,9 @@ class LocalSession:
     image: GuestImage
     boot_s: float  # guest uptime when it printed the ready marker
 
-    def trace_file(self) -> Path:
-        """The vtd_* trace as written so far (pause the guest first for a settled view)."""
-        return self.spec.trace_log
+    def open_trace(self) -> BinaryIO:
+        """The vtd_* trace, read as QEMU appends to it."""
+        return open(self.spec.trace_log, "rb")
 
     def trace_format(self) -> Path:
         """This QEMU's trace-events-all, to read the trace with."""

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ..errors import SvmvalError
 from .events import TYPED_BY_NAME, BadLine, GenericEvent, InvDesc, TraceEvent
@@ -105,18 +105,14 @@ def _builder(fmt: EventFormat) -> tuple[Builder, bool]:
         mapped = [cls.ARGS.get(a, a) for a in fmt.arg_names]
         if sorted(mapped) == sorted(fields):
             order = [mapped.index(f) for f in fields]
-            if order == list(range(len(order))):
-                # Common case: arguments already in field order, no reordering.
-                def build_typed(name: str, line: int, pid: int | None, ts: float | None,
-                                groups: tuple[str, ...]) -> TraceEvent:
-                    return cls(name, line, pid, ts,
-                               *[c(g) for c, g in zip(convs, groups, strict=True)])
-            else:
-                def build_typed(name: str, line: int, pid: int | None, ts: float | None,
-                                groups: tuple[str, ...]) -> TraceEvent:
-                    vals = [c(g) for c, g in zip(convs, groups, strict=True)]
-                    return cls(name, line, pid, ts, *[vals[i] for i in order])
-            return build_typed, True
+            # One straight-line constructor per event, converters inlined: a trace has
+            # hundreds of thousands of events and the generic zip/list path costs 3x.
+            args = ", ".join(f"c{i}(g[{i}])" for i in order)
+            scope: dict[str, Any] = {"cls": cls, **{f"c{i}": c for i, c in enumerate(convs)}}
+            exec(f"def build_typed(name, line, pid, ts, g):\n    return cls(name, line, pid, ts, {args})\n",
+                 scope)
+            built: Builder = scope["build_typed"]
+            return built, True
         # Arguments changed in this QEMU version: fall through to a generic event
         # instead of assigning values to the wrong fields.
     names = fmt.arg_names

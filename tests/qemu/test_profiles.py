@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.lab_swap import lab_nested_here
 
 from harness.errors import ConfigError
 from harness.qemu.probe import probe_qemu
@@ -53,7 +54,10 @@ def test_local_profile_puts_every_dma_device_behind_the_viommu(qemu, spec: VmSpe
 
 
 def test_lab_profile_assigns_the_device_through_iommufd(qemu, spec: VmSpec) -> None:  # type: ignore[no-untyped-def]
+    spec = VmSpec(**{**spec.__dict__, "hugepage_ram": True})
     argv = lab_nested(spec, qemu)
+    assert f"mem-path={spec.ram_path},share=on,prealloc=on" in " ".join(argv)
+    assert spec.ram_path == Path("/dev/hugepages") / f"svmval-{spec.run_dir.name}"
     joined = " ".join(argv)
     assert "iommufd,id=iommufd0" in joined
     assert "vfio-pci,host=0000:6a:01.0,iommufd=iommufd0,bus=rp0" in joined
@@ -63,7 +67,9 @@ def test_lab_profile_assigns_the_device_through_iommufd(qemu, spec: VmSpec) -> N
 
 def test_bad_inputs_are_named(qemu, spec: VmSpec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match="not a PCI address|PCI address"):
-        lab_nested(VmSpec(**{**spec.__dict__, "device": "6a:01.0"}), qemu)
+        lab_nested(VmSpec(**{**spec.__dict__, "device": "6a:01.0", "hugepage_ram": True}), qemu)
+    with pytest.raises(ConfigError, match="hugepage_ram=True"):
+        lab_nested(spec, qemu)
     with pytest.raises(ConfigError, match="does not exist"):
         build_argv(Profile.LOCAL_EMULATED, VmSpec(**{**spec.__dict__, "kernel": tmp_path / "nope"}), qemu)
     with pytest.raises(ConfigError, match="too small"):
@@ -85,12 +91,9 @@ def test_lab_command_line_is_accepted_by_this_qemu(qemu, spec: VmSpec, tmp_path:
     hp = tmp_path / "hugepages"
     hp.mkdir()
     lab = VmSpec(**{**spec.__dict__, "kernel": image.kernel, "initrd": image.initrd, "rootfs": image.rootfs,
-                    "hugepages_path": hp, "memory_mib": 512})
-    argv = lab_nested(lab, qemu, with_vfio=False)
+                    "hugepages_path": hp, "hugepage_ram": True, "memory_mib": 512})
     # What this machine lacks, swapped one for one; everything else is the lab's line.
-    argv[argv.index("-accel") + 1] = "tcg"
-    argv[argv.index("-cpu") + 1] = "max,-la57"
-    argv = [a.replace(",prealloc=on", "") for a in argv] + ["-S"]
+    argv = lab_nested_here(lab, qemu) + ["-S"]
     with Machine(argv, tmp_path / "run", console_log=lab.console_log, qmp_socket=lab.qmp_socket) as m:
         assert m.status() == "prelaunch"
         iommu = [d for d in m.hmp("info qtree").splitlines() if "intel-iommu" in d]

@@ -1,0 +1,35 @@
+"""The run reads its trace once: every check is fed from one streaming pass, opened
+once and caught up at each judgement (held and final), on a real local run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import harness.trace.parser
+from harness.inventory import HostSpec
+from harness.qemu.session import LocalSession
+from harness.run import run
+from reports.bundle import Verdict
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_check_is_fed_from_one_open_of_the_trace(host: HostSpec, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    if not host.is_local:
+        pytest.skip("counts opens of the local lab's trace file")
+    opened: list[str] = []
+    real_open_trace, real_open_text = LocalSession.open_trace, harness.trace.parser._open_text
+    monkeypatch.setattr(LocalSession, "open_trace", lambda self: (opened.append("run"), real_open_trace(self))[1])
+    monkeypatch.setattr(harness.trace.parser, "_open_text",
+                        lambda path: (opened.append(f"reader:{path.name}"), real_open_text(path))[1])
+    outcome = run(host, tmp_path, workloads=["edu_dma", "svm_coarse_buffer"])
+    assert outcome.bundle.manifest.verdict is Verdict.PASS, outcome.bundle.manifest.error
+    judged = {(c.name, c.workload) for c in outcome.checks}
+    assert {("translation", "edu_dma"), ("qi-completeness", "edu_dma (held)"), ("qi-completeness", None),
+            ("faults", None)} <= judged
+    # One open for all four checks; the only other read is the report's descriptor plot,
+    # which re-renders from the bundle alone (svmval report BUNDLE does the same).
+    assert opened == ["run", "reader:trace.log"]
