@@ -57,7 +57,7 @@ class HostSpec:
     device: str | None = None  # PCI BDF of the SVM device to assign
     device_vendor: str | None = None  # expected OpenCL vendor substring, e.g. "Intel"
     icd: str | None = None  # Debian ICD package the guest needs, e.g. intel-opencl-icd
-    qemu: str = "qemu-system-x86_64"  # lab: the host's binary; local: also "newest" or "sid"
+    qemu: str = "qemu-system-x86_64"  # lab: the host's binary; local: also "svmval", "sid" or "newest"
     guest_memory_mib: int = 2048
     guest_cpus: int = 2
     hugepages: int = 0  # 2 MiB pages to reserve for guest RAM
@@ -98,8 +98,9 @@ class HostSpec:
         return self.device is not None
 
 
-# The local lab runs the newest QEMU it can get (sid's 11.x, else the system's 10.0).
-LOCAL_HOST = HostSpec(name=LOCAL, kind=HostKind.LOCAL, qemu="newest", guest_memory_mib=2048, guest_cpus=2)
+# The local lab runs svmval's own QEMU (Debian's source + the svmval-sva PASID/ATS/PRI
+# device, host_setup/qemu_build), so its checks judge real page requests and ATS.
+LOCAL_HOST = HostSpec(name=LOCAL, kind=HostKind.LOCAL, qemu="svmval", guest_memory_mib=2048, guest_cpus=2)
 
 # field name -> (python type accepted in TOML, required for ssh hosts)
 _FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
@@ -314,7 +315,7 @@ def _parse_host(name: str, table: dict[str, Any], source: Path) -> tuple[HostSpe
             device=device,
             device_vendor=table.get("device_vendor"),
             icd=table.get("icd"),
-            qemu=table.get("qemu", "newest" if kind is HostKind.LOCAL else "qemu-system-x86_64"),
+            qemu=table.get("qemu", "svmval" if kind is HostKind.LOCAL else "qemu-system-x86_64"),
             guest_memory_mib=mem,
             guest_cpus=cpus,
             hugepages=hugepages,

@@ -156,10 +156,10 @@ def check_sid_qemu() -> PreflightLine:
     if sid is None:
         return PreflightLine("QEMU 11 from sid", None, "not installed (the local lab fetches it on its first run)",
                        "`svmval qemu install-sid`: svm=on, PRS, iommu-testdev")
-    return PreflightLine("QEMU 11 from sid", None, f"installed ({sid}); the local lab's default (qemu = \"newest\")")
+    return PreflightLine("QEMU 11 from sid", None, f"installed ({sid}); a second profile (qemu = \"sid\")")
 
 
-def run_local_preflight(qemu: str = "newest") -> list[PreflightLine]:
+def run_local_preflight(qemu: str = "svmval") -> list[PreflightLine]:
     from harness.qemu.sid import local_qemu
 
     chosen = local_qemu(qemu)

@@ -35,14 +35,17 @@ from guest_image.recipe import GUEST_WORKDIR, POCL_CACHE_DIR
 from harness.baseline import attach_ratio, run_host_baseline
 from harness.checks.faults import ExpectedFault, check_faults
 from harness.checks.prq import check_prq_modelled
+from harness.checks.prq_real import PRQ_EVENTS, DeviceCounts, check_prq_real
 from harness.checks.qi import QiReplay
 from harness.checks.seed import first_stage_leaf, restore_pte, retarget_pte
 from harness.checks.translation import check_translation, device_translations
 from harness.errors import EnvironmentBroken, GuestError, SvmvalError
 from harness.gitinfo import git_revision
+from harness.guest import GuestChannel
 from harness.inventory import HostSpec
 from harness.paths import REPO_ROOT
 from harness.preflight import run_local_preflight
+from harness.qemu.profiles import SVA_DEVICE
 from harness.qemu.session import local_guest
 from harness.qemu.sid import local_qemu
 from harness.results import CheckResult, Traffic, Verdict
@@ -245,29 +248,7 @@ def run_in_guest(
         rest = [n for n in selected if n != HOLD_WORKLOAD or not hold]
         if rest:
             say(f"running {len(rest)} workloads in the guest")
-            record.stage(f"workload {rest[0]}")
-
-            def arrived(line: str) -> None:
-                result = parse_result_line(line)
-                if result is not None:
-                    record.workload(result)
-                    following = rest.index(result["name"]) + 1 if result["name"] in rest else len(rest)
-                    record.stage(f"workload {rest[following]}" if following < len(rest) else "workloads done")
-
-            r = ch.run(
-                f"cd {GUEST_WORKDIR} && python3 -m workloads run {' '.join(map(shlex.quote, rest))} "
-                f"--stream --json /tmp/svmval-results.json",
-                env=GUEST_ENV,
-                timeout=1800,
-                on_line=arrived,
-            )
-            bundle.add_text("workloads-log", "workloads.log", r.stdout + r.stderr)
-            if r.exit_code not in (0, 1):
-                raise GuestError(f"the workload runner crashed (exit {r.exit_code}): {r.stderr[-2000:]}")
-            local = bundle.path / "workloads-rest.json"
-            ch.get("/tmp/svmval-results.json", local)
-            record.runner_facts(json.loads(local.read_text()))
-            local.unlink()
+            _run_catalog(ch, record, rest)
 
         say("judging the trace against guest RAM")
         record.stage("final checks")
@@ -278,6 +259,50 @@ def run_in_guest(
                 record.check(check)
         finally:
             g.machine.resume()
+
+
+def _run_catalog(ch: GuestChannel, record: RunRecord, names: list[str]) -> None:
+    """The workloads in one runner process, each result recorded as it arrives. A runner
+    killed by a signal (PoCL crashing under a workload) fails the workload it was in and
+    the rest go on in a new runner: a crash is a failed workload, never lost results."""
+    log: list[str] = []
+    remaining = list(names)
+    while remaining:
+        record.stage(f"workload {remaining[0]}")
+        done: list[str] = []
+
+        def arrived(line: str, done: list[str] = done, remaining: list[str] = remaining) -> None:
+            result = parse_result_line(line)
+            if result is not None:
+                record.workload(result)
+                done.append(result["name"])
+                left = [n for n in remaining if n not in done]
+                record.stage(f"workload {left[0]}" if left else "workloads done")
+
+        # `; exit $?` keeps the shell between sshd and python: a signal that kills python
+        # comes back as exit status 128+N instead of a session with no status at all.
+        r = ch.run(
+            f"cd {GUEST_WORKDIR} && python3 -m workloads run {' '.join(map(shlex.quote, remaining))} "
+            f"--stream --json /tmp/svmval-results.json; exit $?",
+            env=GUEST_ENV, timeout=1800, on_line=arrived,
+        )
+        log.append(r.stdout + r.stderr)
+        record.bundle.add_text("workloads-log", "workloads.log", "\n".join(log))
+        if r.exit_code in (0, 1):
+            local = record.bundle.path / "workloads-rest.json"
+            ch.get("/tmp/svmval-results.json", local)
+            record.runner_facts(json.loads(local.read_text()))
+            local.unlink()
+            return
+        left = [n for n in remaining if n not in done]
+        if r.exit_code <= 128 or not left:
+            raise GuestError(f"the workload runner crashed (exit {r.exit_code}): {r.stderr[-2000:]}")
+        crashed, remaining = left[0], left[1:]
+        record.workload({
+            "name": crashed, "verdict": "fail", "category": "", "needs": [], "timings": {}, "bandwidth": {},
+            "pages": [], "reason": f"the workload runner died under it, killed by signal {r.exit_code - 128} "
+                                   f"(exit {r.exit_code}); its output is in workloads.log",
+        })
 
 
 def _held_run(g: GuestSession, record: RunRecord, judge: TraceJudge, seed_stale_pte: bool) -> None:
@@ -335,13 +360,15 @@ class TraceJudge:
     replay: QiReplay
     translations: EventLog
     faults: EventLog
+    prq: EventLog
 
     @classmethod
     def open(cls, g: GuestSession, label: str) -> TraceJudge:
         replay, translations = QiReplay(), EventLog("vtd_dmar_translate")
         faults = EventLog("vtd_dmar_fault", "vtd_frr_new")
-        follower = TraceFollower(g.open_trace(), label, g.trace_format(), [replay, translations, faults])
-        return cls(follower, replay, translations, faults)
+        prq = EventLog(*PRQ_EVENTS)
+        follower = TraceFollower(g.open_trace(), label, g.trace_format(), [replay, translations, faults, prq])
+        return cls(follower, replay, translations, faults, prq)
 
 
 def _not_judged(name: str, workload: str | None, exc: TraceParseError) -> CheckResult:
@@ -397,11 +424,33 @@ def _final_checks(g: GuestSession, judge: TraceJudge, results: dict[str, Any]) -
     else:
         checks = [judge.replay.finish(memory, started=t0),
                   check_faults(judge.faults.events, expected, memory, judge.replay.root, g.machine.console_text())]
+    if g.qemu.has_device(SVA_DEVICE):
+        checks.append(_real_prq_check(judge, results))
+        return checks
+    # No device on this QEMU issues page requests: the model's PRQ is driven with the
+    # pages PoCL workloads first-touched, and the check says it is modelled.
     for r in results["results"]:
         if r.get("first_touch") and r["verdict"] == "pass":
             pages = [int(p["gva"]) for p in r.get("pages", [])]
             checks.append(check_prq_modelled(r["name"], pages))
     return checks
+
+
+def _real_prq_check(judge: TraceJudge, results: dict[str, Any]) -> CheckResult:
+    """Page requests of the svmval-sva device against what it counted itself."""
+    sva = [r for r in results["results"] if "counters_delta" in r]
+    deltas = [r["counters_delta"] for r in sva]
+    codes = ("success", "invalid", "failure")
+    device = DeviceCounts(
+        page_requests=sum(int(d.get("page_requests", 0)) for d in deltas),
+        responses={name: sum(int(d.get(f"prg_{name}", 0)) for d in deltas) for name in codes},
+    ) if deltas else None
+    skipped = "; ".join(f"{r['name']}: {r['verdict']} {r.get('reason', '')}" for r in sva[:3])
+    why = ("" if any(r["verdict"] == "pass" for r in sva)
+           else f"no SVA workload passed on the svmval-sva device ({skipped})" if sva
+           else "no SVA workload was selected, so the device made no page request")
+    return check_prq_real(judge.prq.events, device, sva_workloads=sum(r["verdict"] == "pass" for r in sva),
+                          why_none=why)
 
 
 def keep_trace_formats(bundle: Bundle, trace_events_all: Path) -> None:

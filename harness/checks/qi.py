@@ -40,6 +40,7 @@ from harness.trace.events import (
 from harness.viommu import GuestMemory, VtdModel
 from harness.viommu import descriptors as dsc
 from harness.viommu.caches import IotlbEntry, TranslationCaches
+from harness.viommu.invalidation import apply_invalidation
 
 IQA_OFFSET = 0x90
 IQA_DW = 1 << 11
@@ -68,6 +69,7 @@ class QiReplay:
     pasid: int = 0  # requests without PASID use RID_PASID (Linux: 0)
     pgtt: int = 1  # first-stage: QEMU x-flts walks every scalable DMA through stage 1
     wide: bool = True
+    psi: bool = True  # CAP.PSI of the unit (QEMU's intel-iommu sets it)
     root: int | None = None
     counts: Counter[str] = field(default_factory=Counter)
     findings: list[Finding] = field(default_factory=list)
@@ -196,20 +198,8 @@ class QiReplay:
             return
         self.counts[f"desc_{type(d).__name__}"] += 1
         before = set(self._live_keys())
-        c = self.caches
-        if isinstance(d, dsc.IotlbInv):
-            if d.g == dsc.IotlbGranularity.GLOBAL:
-                c.inv_iotlb_global()
-            elif d.g == dsc.IotlbGranularity.DOMAIN:
-                c.inv_iotlb_domain(d.did)
-            else:
-                c.inv_iotlb_page(d.did, d.addr, d.am, bool(d.ih))
-        elif isinstance(d, dsc.PasidIotlbInv):
-            if d.g == dsc.PasidIotlbGranularity.PASID:
-                c.inv_piotlb_pasid(d.did, d.pasid)
-            else:
-                c.inv_piotlb_page(d.did, d.pasid, d.addr, d.am, bool(d.ih))
-        elif isinstance(d, dsc.WaitDesc):
+        apply_invalidation(self.caches, d, psi=self.psi)
+        if isinstance(d, dsc.WaitDesc):
             if d.sw or d.if_:
                 self._waits.append((ev.line, d))
             else:

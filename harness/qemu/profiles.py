@@ -33,6 +33,8 @@ SLOT_NET = 4
 SLOT_RNG = 5
 SLOT_EDU = 6
 SLOT_CACHE = 7
+SLOT_SVA = 8  # svmval's own PASID/ATS/PRI test device (docs/TESTDEV.md), source-id 0x40
+SVA_DEVICE = "svmval-sva"
 
 
 def sid_of(slot: int, bus: int = 0, fn: int = 0) -> int:
@@ -120,6 +122,9 @@ TRACE_EVENTS = (
     "vtd_pasid_cache_*",
     "vtd_warn_invalid_qi_tail",
     "vtd_fsts_ppf",
+    # svmval's QEMU only (host_setup/qemu_build/patches/0002): page requests and ATS.
+    "vtd_prq_desc",
+    "vtd_ats_translate",
 )
 
 
@@ -215,6 +220,11 @@ def local_emulated(spec: VmSpec, info: QemuInfo) -> list[str]:
         ]
     if info.has_device("iommu-testdev"):
         argv += ["-device", "iommu-testdev"]
+    if info.has_device(SVA_DEVICE):
+        # svmval's QEMU (host_setup/qemu_build): the device that shares a guest process's
+        # address space through a PASID, with ATS, page requests and device-TLB
+        # invalidations. Test-only properties (x-seed-*) come only through extra_args.
+        argv += ["-device", f"{SVA_DEVICE},addr={SLOT_SVA:#x}"]
     return argv + list(spec.extra_args)
 
 

@@ -94,7 +94,7 @@ def ensure_sid_qemu(say: Callable[[str], None] = lambda _m: None, *, force: bool
 
 SID = "sid"  # an inventory's `qemu = "sid"` selects this build
 SVMVAL = "svmval"  # `qemu = "svmval"`: svmval's own build (host_setup/qemu_build)
-NEWEST = "newest"  # the local lab's default: sid's build, else the system QEMU
+NEWEST = "newest"  # sid's build, else the system QEMU
 SYSTEM = "qemu-system-x86_64"
 
 

@@ -375,4 +375,40 @@ TYPED_EVENTS: tuple[type[TraceEvent], ...] = (
     InvDescPasidCachePsi, PasidCacheDevsi, IotlbPageUpdate, IotlbPageHit, IotlbCcUpdate,
     IotlbCcHit, DmarTranslate, DmarFault, FrrNew, FaultDisabled, SwitchAddressSpace,
 )
+# svmval's QEMU (host_setup/qemu_build/patches/0002-intel-iommu-trace-ats-prq.patch):
+# observability events the stock unit lacks.
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class PrqDesc(TraceEvent):
+    """A page request descriptor the unit wrote into the guest's page request queue."""
+
+    EVENT: ClassVar[str] = "vtd_prq_desc"
+    sid: int
+    pasid: int
+    addr: int
+    prgi: int
+    lpig: bool
+    rd: bool
+    wr: bool
+    priv: bool
+    exec: bool
+    tail: int
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class AtsTranslate(TraceEvent):
+    """An ATS translation request the unit answered (with the PASID the device sent)."""
+
+    EVENT: ClassVar[str] = "vtd_ats_translate"
+    sid: int
+    pasid: int
+    addr: int
+    translated: int
+    size: int
+    flags: int
+    perm: int
+
+
+TYPED_EVENTS = (*TYPED_EVENTS, PrqDesc, AtsTranslate)
 TYPED_BY_NAME: dict[str, type[TraceEvent]] = {c.EVENT: c for c in TYPED_EVENTS}

@@ -22,6 +22,7 @@ from .memory import MemoryAccessError
 from .registers import Fsts, IqeCode, Reg
 
 if TYPE_CHECKING:
+    from .caches import TranslationCaches
     from .model import VtdModel
 
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -178,26 +179,8 @@ class InvalidationQueue:
         m = self.model
         c = m.caches
         note = ""
-        if isinstance(d, dsc.ContextCacheInv):
-            if d.g == 1:
-                c.inv_context_global()
-            elif d.g == 2:
-                c.inv_context_domain(d.did)
-            else:
-                c.inv_context_device(d.sid, d.fm)
-        elif isinstance(d, dsc.IotlbInv):
-            if d.g == 1:
-                c.inv_iotlb_global()
-            elif d.g == 2 or not m.cap.psi:
-                c.inv_iotlb_domain(d.did)  # without CAP.PSI a PSI is done as domain-selective
-            else:
-                c.inv_iotlb_page(d.did, d.addr, d.am, bool(d.ih))
-        elif isinstance(d, dsc.DeviceTlbInv | dsc.PasidDeviceTlbInv):
-            base, span = ats_range(d.addr, d.s)
-            if isinstance(d, dsc.DeviceTlbInv):
-                c.inv_devtlb(d.sid, None, base, span)
-            else:
-                c.inv_devtlb(d.sid, d.pasid, base, span, all_pasids=bool(d.g))
+        apply_invalidation(c, d, psi=bool(m.cap.psi))
+        if isinstance(d, dsc.DeviceTlbInv | dsc.PasidDeviceTlbInv):
             regs = m.regs
             if d.sid in self.ite_sids:
                 regs.set(Reg.IQERCD, (regs.get(Reg.IQERCD) & ~mask(47, 32)) | d.sid << 32)
@@ -218,24 +201,51 @@ class InvalidationQueue:
                     note = "status write failed"
             if d.if_:
                 m.regs.completion_event()
-        elif isinstance(d, dsc.PasidIotlbInv):
-            if d.g == 2:
-                c.inv_piotlb_pasid(d.did, d.pasid)
-            else:
-                c.inv_piotlb_page(d.did, d.pasid, d.addr, d.am, bool(d.ih))
-        elif isinstance(d, dsc.PasidCacheInv):
-            if d.g == 0:
-                c.inv_pasid_domain(d.did)
-            elif d.g == 1:
-                c.inv_pasid_selective(d.did, d.pasid)
-            else:
-                c.inv_pasid_global()
         elif isinstance(d, dsc.PageGroupResponse):
             pd = d.private_data
             m.prq.respond(rid=d.rid, pasid=d.pasid if d.pp else None, prgi=d.prgi,
                           rc=int(d.rc), lpig=bool(d.lpig), private=(pd & _U64, pd >> 64))
         self._log(ProcessedDescriptor(index, d, None, note))
         return False
+
+
+def apply_invalidation(c: TranslationCaches, d: dsc.InvDescriptor, *, psi: bool = True) -> None:
+    """What one descriptor removes from the translation caches, by the spec's rules (VT-d
+    6.5.2): the one place these rules live, for the model's queue and for the QI check's
+    replay of a real trace. `psi`: CAP.PSI; without it a page-selective IOTLB
+    invalidation is done as domain-selective. Other descriptor types touch no cache."""
+    if isinstance(d, dsc.ContextCacheInv):
+        if d.g == 1:
+            c.inv_context_global()
+        elif d.g == 2:
+            c.inv_context_domain(d.did)
+        else:
+            c.inv_context_device(d.sid, d.fm)
+    elif isinstance(d, dsc.IotlbInv):
+        if d.g == dsc.IotlbGranularity.GLOBAL:
+            c.inv_iotlb_global()
+        elif d.g == dsc.IotlbGranularity.DOMAIN or not psi:
+            c.inv_iotlb_domain(d.did)
+        else:
+            c.inv_iotlb_page(d.did, d.addr, d.am, bool(d.ih))
+    elif isinstance(d, dsc.DeviceTlbInv):
+        base, span = ats_range(d.addr, d.s)
+        c.inv_devtlb(d.sid, None, base, span)
+    elif isinstance(d, dsc.PasidDeviceTlbInv):
+        base, span = ats_range(d.addr, d.s)
+        c.inv_devtlb(d.sid, d.pasid, base, span, all_pasids=bool(d.g))
+    elif isinstance(d, dsc.PasidIotlbInv):
+        if d.g == dsc.PasidIotlbGranularity.PASID:
+            c.inv_piotlb_pasid(d.did, d.pasid)
+        else:
+            c.inv_piotlb_page(d.did, d.pasid, d.addr, d.am, bool(d.ih))
+    elif isinstance(d, dsc.PasidCacheInv):
+        if d.g == 0:
+            c.inv_pasid_domain(d.did)
+        elif d.g == 1:
+            c.inv_pasid_selective(d.did, d.pasid)
+        else:
+            c.inv_pasid_global()
 
 
 # ---------------------------------------------------------------------------------- encoders

@@ -43,7 +43,7 @@ def test_the_run_completes_and_the_host_is_put_back(lab_run: RunOutcome, lab_hos
 def test_every_workload_passes(lab_run: RunOutcome) -> None:
     results = (lab_run.workloads or {}).get("results", [])
     assert results, f"no workload ran: {lab_run.bundle.manifest.error}"
-    bad = [f"{r['name']}: {r['verdict']} {r.get('message', '')}" for r in results if r["verdict"] in ("fail", "error")]
+    bad = [f"{r['name']}: {r['verdict']} {r['reason']}" for r in results if r["verdict"] in ("fail", "error")]
     assert not bad, "\n".join(bad)
 
 
@@ -51,3 +51,15 @@ def test_every_check_passes(lab_run: RunOutcome) -> None:
     assert lab_run.checks, f"no check ran: {lab_run.bundle.manifest.error}"
     bad = [f"{c.name}: {c.summary}" for c in lab_run.checks if c.verdict is not Verdict.PASS]
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.hardware
+def test_the_assigned_device_is_the_guests_opencl_device(lab_run: RunOutcome, lab_host: HostSpec) -> None:
+    """On a host with a device: QEMU assigned it through iommufd, and the workloads ran on
+    it (the OpenCL device the guest's runner reported is the inventory's vendor's)."""
+    vm = lab_run.bundle.path / "vm"
+    assert f"vfio-pci,host={lab_host.device},iommufd=iommufd0" in (vm / "cmdline.txt").read_text()
+    device = lab_run.bundle.manifest.device
+    if lab_host.device_vendor:
+        assert lab_host.device_vendor.lower() in str(device.get("platform_name", "")).lower() + str(
+            device.get("name", "")).lower(), device

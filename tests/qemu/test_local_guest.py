@@ -75,11 +75,13 @@ def test_guest_runs_pocl_and_its_viommu_tables_are_readable(image: GuestImage, a
 def test_guest_that_never_answers_fails_with_console_tail(image: GuestImage, tmp_path: Path) -> None:
     # Kernel messages go to a console nobody reads and init just sleeps: the guest
     # never reaches its ready marker and the serial log stays silent.
+    assert "console=ttyS0 " in image.cmdline  # the serial console the harness reads ...
     silent = dataclasses.replace(
         image,
-        cmdline=image.cmdline.replace("console=ttyS0,115200", "console=tty0")
+        cmdline=image.cmdline.replace("console=ttyS0 ", "console=tty0 ")  # ... moved away
         + " rdinit=/bin/busybox -- sleep 600",
     )
+    assert "ttyS0" not in silent.cmdline
     before = qemu_pids()
     with pytest.raises(GuestError) as exc:
         with local_guest(silent, tmp_path / "vm", use_cache_disk=False, ready_idle_timeout=8):

@@ -10,7 +10,7 @@ from guest_image.build import ensure_image
 from harness.inventory import LOCAL_HOST, load_inventory
 from harness.qemu.probe import probe_qemu
 from harness.qemu.session import local_guest
-from harness.qemu.sid import NEWEST, SYSTEM, ensure_sid_qemu, local_qemu
+from harness.qemu.sid import NEWEST, SVMVAL, SYSTEM, ensure_sid_qemu, local_qemu
 from harness.viommu.capability import Ecap
 
 pytestmark = pytest.mark.slow
@@ -37,11 +37,12 @@ def test_sid_qemu_boots_the_guest_with_svm(tmp_path: Path) -> None:
     assert "SVM disabled" not in dmesg  # the guest driver accepts the unit as SVM-capable
 
 
-def test_the_local_lab_defaults_to_the_newest_qemu(tmp_path: Path) -> None:
-    assert LOCAL_HOST.qemu == NEWEST
+def test_the_local_lab_defaults_to_svmvals_qemu_and_newest_means_sid(tmp_path: Path) -> None:
+    assert LOCAL_HOST.qemu == SVMVAL
     inv = tmp_path / "labs.toml"
     inv.write_text('[hosts.local]\nkind = "local"\nguest_memory_mib = 1024\n')
-    assert load_inventory(inv).get("local").qemu == NEWEST
+    assert load_inventory(inv).get("local").qemu == SVMVAL
+    assert probe_qemu(local_qemu(SVMVAL)).has_device("svmval-sva")
     newest = local_qemu(NEWEST)
     assert newest == str(ensure_sid_qemu())  # sid is reachable here: 11.x, not the system's 10.0
     assert probe_qemu(newest).version > probe_qemu(SYSTEM).version
