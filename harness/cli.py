@@ -76,18 +76,29 @@ def preflight(ctx: click.Context, host_name: str) -> None:
 @click.option("--host", "host_name", default="local", show_default=True)
 @click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(file_okay=False))
 @click.option("--workload", "workloads", multiple=True, help="run only these workloads (repeatable)")
+@click.option("--seed-bug", "seed_name", metavar="NAME",
+              help="plant a known bug the checks must catch (`--seed-bug help` lists them)")
 @click.pass_context
-def run_cmd(ctx: click.Context, host_name: str, artifacts: str, workloads: tuple[str, ...]) -> None:
+def run_cmd(ctx: click.Context, host_name: str, artifacts: str, workloads: tuple[str, ...],
+            seed_name: str | None) -> None:
     """The end-to-end run: image, boot, workloads in the guest, checks, report."""
     from pathlib import Path
 
     from harness.run import run
+    from harness.seeds import SEED_BUGS, seed_bug
 
+    if seed_name == "help":
+        for bug in SEED_BUGS.values():
+            console.print(escape(f"{bug.name}: {bug.what}; must fail: {bug.fails}"), highlight=False)
+        return
+    seed = seed_bug(seed_name) if seed_name else None
+    if seed is not None and not workloads:
+        workloads = seed.workloads
     host = load_inventory(ctx.obj["inventory"]).get(host_name)
     with console.status("starting") as status:
         outcome = run(
             host, Path(artifacts), workloads=list(workloads) or None,
-            say=lambda msg: _progress(status, msg),
+            say=lambda msg: _progress(status, msg), seed=seed,
         )
     console.print(summary_table(outcome))
     files = outcome.bundle.manifest.files

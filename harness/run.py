@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import os
 import shlex
@@ -39,7 +40,7 @@ from harness.checks.prq_real import PRQ_EVENTS, DeviceCounts, check_prq_real
 from harness.checks.qi import QiReplay
 from harness.checks.seed import first_stage_leaf, restore_pte, retarget_pte
 from harness.checks.translation import check_translation, device_translations
-from harness.errors import EnvironmentBroken, GuestError, SvmvalError
+from harness.errors import ConfigError, EnvironmentBroken, GuestError, SvmvalError
 from harness.gitinfo import git_revision
 from harness.guest import GuestChannel
 from harness.inventory import HostSpec
@@ -49,6 +50,7 @@ from harness.qemu.profiles import SVA_DEVICE
 from harness.qemu.session import local_guest
 from harness.qemu.sid import local_qemu
 from harness.results import CheckResult, Traffic, Verdict
+from harness.seeds import SeedBug
 from harness.session import GuestSession
 from harness.trace.follow import EventLog, TraceFollower
 from harness.trace.formats import declarations_of
@@ -146,13 +148,18 @@ def run(
     *,
     workloads: list[str] | None = None,
     say: Say = lambda _m: None,
-    seed_stale_pte: bool = False,
+    seed: SeedBug | None = None,
 ) -> RunOutcome:
     """The whole run on `host`; never raises for a broken environment (it ends up in the
-    bundle); ctrl-C is re-raised once the bundle is written (and a lab host restored)."""
+    bundle); ctrl-C is re-raised once the bundle is written (and a lab host restored).
+    `seed` plants one of harness.seeds' bugs: the run must then FAIL its named check."""
     bundle = new_bundle(artifacts, host)
     mf = bundle.manifest
     record = RunRecord(bundle)
+    if seed is not None:
+        mf.host["seeded_bug"] = {"name": seed.name, "what": seed.what, "must_fail": seed.fails}
+        if seed.qemu_args and not host.is_local:
+            raise ConfigError(f"--seed-bug {seed.name} plants the bug in the local lab's svmval-sva device")
     try:
         if host.is_local:  # a lab host's own OpenCL device is not reached yet (see README)
             record.stage("host baseline")
@@ -161,11 +168,14 @@ def run(
                 mf.files["workloads-host"] = "workloads-host.json"
         record.stage("starting the guest")
         t0 = time.monotonic()
-        with session_factory(host)(host, bundle, say) as g:
+        factory = session_factory(host)
+        if seed is not None and seed.qemu_args:
+            factory = functools.partial(local_session, extra_args=seed.qemu_args)
+        with factory(host, bundle, say) as g:
             mf.durations["boot_s"] = round(time.monotonic() - t0, 1)
             mf.qemu = g.qemu.describe()
             bundle.save()
-            run_in_guest(g, record, workloads, say, seed_stale_pte)
+            run_in_guest(g, record, workloads, say, seed is not None and seed.stale_pte)
             record.stage("stopping the guest")
         mf.durations["vm_s"] = round(time.monotonic() - t0, 1)
         record.stage("done")
@@ -190,7 +200,8 @@ def session_factory(host: HostSpec) -> SessionFactory:
 
 
 @contextmanager
-def local_session(host: HostSpec, bundle: Bundle, say: Say) -> Iterator[GuestSession]:
+def local_session(host: HostSpec, bundle: Bundle, say: Say, extra_args: tuple[str, ...] = ()
+                  ) -> Iterator[GuestSession]:
     """This machine: preflight, the guest image, a boot under TCG."""
     mf = bundle.manifest
     say("preflight")
@@ -210,7 +221,7 @@ def local_session(host: HostSpec, bundle: Bundle, say: Say) -> Iterator[GuestSes
         **{k: v for k, v in image.manifest["packages"].items() if not k.startswith("linux-image")},
     }
     with local_guest(image, bundle.path / "vm", memory_mib=host.guest_memory_mib, cpus=host.guest_cpus,
-                     qemu_binary=qemu, say=say) as g:
+                     qemu_binary=qemu, say=say, extra_args=extra_args) as g:
         yield g
 
 

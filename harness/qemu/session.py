@@ -65,6 +65,7 @@ def local_guest(
     use_cache_disk: bool = True,
     ready_idle_timeout: float = 90,
     say: Callable[[str], None] = lambda _m: None,
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[LocalSession]:
     info = probe_qemu(qemu_binary)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +86,7 @@ def local_guest(
             cpus=cpus,
             ssh_port=free_port(),
             cache_disk=cache,
+            extra_args=extra_args,
         )
         argv = build_argv(Profile.LOCAL_EMULATED, spec, info)
         say(f"booting the guest (QEMU {'.'.join(map(str, info.version))}, TCG, emulated VT-d)")

@@ -9,6 +9,7 @@ import pytest
 
 from harness.inventory import HostSpec
 from harness.run import run
+from harness.seeds import seed_bug
 from reports.bundle import Verdict
 
 pytestmark = pytest.mark.slow
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_pte_changed_without_invalidation_is_reported_stale(host: HostSpec, tmp_path: Path) -> None:
     if not host.is_local:
         pytest.skip("seeding writes guest RAM through the local lab's shared memory file")
-    outcome = run(host, tmp_path, workloads=["edu_dma"], seed_stale_pte=True)
+    outcome = run(host, tmp_path, workloads=["edu_dma"], seed=seed_bug("stale-pte"))
     assert not outcome.bundle.manifest.error, outcome.bundle.manifest.error
     held = [c for c in outcome.checks if c.name == "qi-completeness" and c.workload == "edu_dma (held)"]
     assert held, [c.name for c in outcome.checks]

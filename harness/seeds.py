@@ -1,0 +1,42 @@
+"""Seeded bugs a user can run (`svmval run --seed-bug NAME`) to prove the checker fails on
+real traffic on their own machine. Each names the check that must FAIL and how the bug is
+planted; none of them is on in a normal run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SeedBug:
+    name: str
+    what: str  # the bug, as a user reads it
+    fails: str  # the check (or workload) that must FAIL on it
+    qemu_args: tuple[str, ...] = ()  # appended to QEMU's command line
+    stale_pte: bool = False  # retarget a PTE edu_dma holds, with no invalidation
+    workloads: tuple[str, ...] = ()  # the workloads that make the traffic it needs
+
+
+SEED_BUGS: dict[str, SeedBug] = {b.name: b for b in (
+    SeedBug("stale-pte", "a first-stage PTE of a page the device just used is changed in guest RAM with no "
+            "invalidation (restored before the guest runs on)", "qi-completeness (edu_dma held)",
+            stale_pte=True, workloads=("edu_dma",)),
+    SeedBug("device-ignores-invalidation", "the svmval-sva device keeps its ATC entries when the guest "
+            "invalidates them (device-IOTLB), so it reads and writes pages the process no longer maps",
+            "sva_munmap_remap (it sees the old page's data)",
+            qemu_args=("-global", "svmval-sva.x-seed-ignore-invalidation=on"),
+            workloads=("sva_munmap_remap",)),
+    SeedBug("page-request-never-closed", "the svmval-sva device sends page requests without "
+            "last-page-in-group, so the guest can never answer them", "prq",
+            qemu_args=("-global", "svmval-sva.x-seed-no-last-page=on"), workloads=("sva_first_touch",)),
+)}
+
+
+def seed_bug(name: str) -> SeedBug:
+    try:
+        return SEED_BUGS[name]
+    except KeyError:
+        raise ConfigError(f"--seed-bug {name!r} is not a seeded bug; `--seed-bug help` lists: "
+                          + ", ".join(SEED_BUGS)) from None
