@@ -122,9 +122,15 @@ def overlay(root: Path, scratch_parent: Path) -> Iterator[Path]:
         raise ImageBuildError(
             f"building {MODULE}.ko needs an overlay mount over the image root: {proc.stderr.strip()}"
         )
+    proc_mounted = False
     try:
+        # Newer kernels' objtool reads /proc/self (7.3's does; 6.12's does not).
+        proc_mounted = subprocess.run(["mount", "-t", "proc", "proc", str(merged / "proc")],
+                                      capture_output=True, check=False).returncode == 0
         yield merged
     finally:
+        if proc_mounted:
+            subprocess.run(["umount", str(merged / "proc")], check=False)
         subprocess.run(["umount", str(merged)], check=False)
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -132,7 +132,14 @@ static int svmval_open(struct inode *inode, struct file *file)
 	f->handle = iommu_sva_bind_device(dev, current->mm);
 	if (IS_ERR(f->handle)) {
 		ret = PTR_ERR(f->handle);
-		dev_err(dev, "iommu_sva_bind_device for pid %d failed: %d\n", current->pid, ret);
+		/*
+		 * -EOPNOTSUPP from a kernel whose IOMMU did enable SVA: the x86
+		 * stable stopgap for CVE-2025-71089 ("iommu: disable SVA when
+		 * CONFIG_X86 is set", e.g. Debian's 6.12.117) refuses every bind.
+		 */
+		dev_err(dev, "iommu_sva_bind_device for pid %d failed: %d%s\n", current->pid, ret,
+			ret == -EOPNOTSUPP ? " (this kernel refuses SVA binds: x86 stable kernels with the "
+			"CVE-2025-71089 stopgap do)" : "");
 		goto err;
 	}
 	f->pasid = iommu_sva_get_pasid(f->handle);
@@ -378,19 +385,33 @@ static const struct file_operations svmval_fops = {
 	.compat_ioctl = compat_ptr_ioctl,
 };
 
+/* Undo svmval_enable_sva(): SVA first, then IOPF. */
+static void svmval_disable_sva(struct svmval_sva *sva)
+{
+#ifdef SVMVAL_HAVE_DEV_FEAT
+	if (sva->sva_on)
+		iommu_dev_disable_feature(&sva->pdev->dev, IOMMU_DEV_FEAT_SVA);
+	if (sva->iopf_on)
+		iommu_dev_disable_feature(&sva->pdev->dev, IOMMU_DEV_FEAT_IOPF);
+#endif
+	sva->sva_on = sva->iopf_on = false;
+}
+
 /*
  * Enable SVA the way Linux 6.12 wants it: IOPF first (intel-iommu checks
  * that ATS is on, adds the device to the IOMMU's fault queue and enables PRI,
  * refusing a device whose PRI capability lacks "PRG Response PASID Required"),
  * then SVA (it checks the IOMMU is SVM-capable and PASID + ATS (+ PRI) are
  * enabled). A refusal leaves the device usable for nothing but this message:
- * open() returns the errno and logs why.
+ * open() returns the errno and logs why. Linux >= 6.16 has no such features
+ * (Kbuild leaves SVMVAL_HAVE_DEV_FEAT undefined): the IOMMU driver enables
+ * IOPF itself when the SVA domain attaches, and refusals surface at bind.
  */
 static void svmval_enable_sva(struct svmval_sva *sva)
 {
 	struct pci_dev *pdev = sva->pdev;
 	struct device *dev = &pdev->dev;
-	int ret, iopf_ret = 0;
+	int ret = 0, iopf_ret = 0;
 
 	if (!device_iommu_mapped(dev)) {
 		sva->sva_err = -ENODEV;
@@ -398,11 +419,13 @@ static void svmval_enable_sva(struct svmval_sva *sva)
 			 "no IOMMU translates this device (intel_iommu=on, a vIOMMU?)");
 		goto out;
 	}
+#ifdef SVMVAL_HAVE_DEV_FEAT
 	iopf_ret = iommu_dev_enable_feature(dev, IOMMU_DEV_FEAT_IOPF);
 	sva->iopf_on = !iopf_ret;
 	ret = iommu_dev_enable_feature(dev, IOMMU_DEV_FEAT_SVA);
+	sva->sva_on = !ret;
+#endif
 	if (!ret) {
-		sva->sva_on = true;
 		if (iopf_ret)
 			dev_warn(dev, "SVA without IOPF (%d): first touches will fail\n", iopf_ret);
 		goto out;
@@ -411,21 +434,19 @@ static void svmval_enable_sva(struct svmval_sva *sva)
 	snprintf(sva->sva_why, sizeof(sva->sva_why),
 		 "IOMMU refused SVA (%d; IOPF %d): %s; device ats=%d pasid=%d pri=%d",
 		 ret, iopf_ret,
-		 ret == -ENODEV ? "the IOMMU is not SVM-capable (see dmar 'SVM disabled')" :
+		 ret == -ENODEV ? "the IOMMU is not SVM-capable (intel-iommu also wants ECAP.SMPWC)" :
 		 !pdev->pasid_enabled ? "PASID not enabled (vIOMMU without PASID support?)" :
 		 !pdev->ats_enabled ? "ATS not enabled (vIOMMU without device-iotlb?)" :
 		 "PRI not enabled (vIOMMU without page requests?)",
 		 pdev->ats_enabled, pdev->pasid_enabled, pdev->pri_enabled);
-	if (sva->iopf_on) {
-		iommu_dev_disable_feature(dev, IOMMU_DEV_FEAT_IOPF);
-		sva->iopf_on = false;
-	}
+	svmval_disable_sva(sva);
 out:
 	if (sva->sva_err)
 		dev_err(dev, "SVA unavailable: %s\n", sva->sva_why);
 	else
 		dev_info(dev, "SVA enabled: ats=%d pasid=%d pri=%d (IOPF %s)\n", pdev->ats_enabled,
-			 pdev->pasid_enabled, pdev->pri_enabled, sva->iopf_on ? "on" : "off");
+			 pdev->pasid_enabled, pdev->pri_enabled,
+			 sva->iopf_on ? "on" : IS_ENABLED(SVMVAL_HAVE_DEV_FEAT) ? "off" : "at bind");
 }
 
 static int svmval_probe(struct pci_dev *pdev, const struct pci_device_id *id)
@@ -494,10 +515,7 @@ static int svmval_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 err_ida:
 	ida_free(&svmval_ida, sva->id);
 err_features:
-	if (sva->sva_on)
-		iommu_dev_disable_feature(dev, IOMMU_DEV_FEAT_SVA);
-	if (sva->iopf_on)
-		iommu_dev_disable_feature(dev, IOMMU_DEV_FEAT_IOPF);
+	svmval_disable_sva(sva);
 	free_irq(sva->irq, sva);
 err_vectors:
 	pci_free_irq_vectors(pdev);
@@ -521,10 +539,7 @@ static void svmval_remove(struct pci_dev *pdev)
 		list_del(&f->node);
 	}
 	mutex_unlock(&sva->lock);
-	if (sva->sva_on)
-		iommu_dev_disable_feature(&pdev->dev, IOMMU_DEV_FEAT_SVA);
-	if (sva->iopf_on)
-		iommu_dev_disable_feature(&pdev->dev, IOMMU_DEV_FEAT_IOPF);
+	svmval_disable_sva(sva);
 	free_irq(sva->irq, sva);
 	pci_free_irq_vectors(pdev);
 	ida_free(&svmval_ida, sva->id);
