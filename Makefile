@@ -24,9 +24,9 @@ test: lint
 	$(PY) -m pytest --host local --artifacts $(ARTIFACTS) -p no:cacheprovider \
 		--report-log=$(ARTIFACTS)/pytest-log.jsonl $(PYTEST_ARGS)
 
-## The quick loop: lint and the tests that start no QEMU and no guest (under a minute).
+## The quick loop: lint and the tests that start no QEMU, no guest and no sshd (under a minute).
 check: lint
-	$(PY) -m pytest -m "not slow and not qemu" -p no:cacheprovider -q -n 2 --timeout 120 $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not qemu and not sshd" -p no:cacheprovider -q -n 2 --timeout 120 $(PYTEST_ARGS)
 
 ## Speed and memory targets: model throughput, trace checking, SVM bandwidth.
 bench: bootstrap

@@ -51,3 +51,11 @@ def make_lab(tmp_path: Path) -> Iterator[Callable[[str], Lab]]:
             return Lab(fake, sshd, root / "work")
 
         yield make
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests behind a real sshd take seconds each: marked `sshd`, which `make check` leaves out."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents and {"sshd", "make_lab"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.sshd)
