@@ -127,7 +127,7 @@ class Workload:
 
 CATALOG: dict[str, Workload] = {}
 _MODULES = ("workloads.edu_dma", "workloads.svm", "workloads.svm_api", "workloads.svm_atomics",
-            "workloads.unified_svm", "workloads.stress")
+            "workloads.unified_svm", "workloads.stress", "workloads.sva")
 
 
 def all_workloads() -> dict[str, Workload]:

@@ -94,6 +94,8 @@ def test_verdict_matches_device_capabilities(run_output: dict[str, Any], device:
     missing = [NAMES[n] for n in wl.needs if not device.has(n)]
     if name.startswith("edu_dma"):
         assert r["verdict"] == "skip" and "edu" in r["reason"]  # no edu device on a host
+    elif name.startswith("sva_") and not missing:
+        assert r["verdict"] == "skip" and r["reason"].startswith("svmval-sva device")  # no svmval-sva on a host
     elif missing:
         assert r["verdict"] == "skip", r
         assert all(m in r["reason"] for m in missing), r["reason"]  # the CL_DEVICE_SVM_* bit is named
