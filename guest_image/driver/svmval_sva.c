@@ -139,7 +139,8 @@ static int svmval_open(struct inode *inode, struct file *file)
 		 */
 		dev_err(dev, "iommu_sva_bind_device for pid %d failed: %d%s\n", current->pid, ret,
 			ret == -EOPNOTSUPP ? " (this kernel refuses SVA binds: x86 stable kernels with the "
-			"CVE-2025-71089 stopgap do)" : "");
+			"CVE-2025-71089 stopgap do)" :
+			ret == -ENODEV ? " (IOMMU not SVM-capable: intel-iommu also wants ECAP.SMPWC)" : "");
 		goto err;
 	}
 	f->pasid = iommu_sva_get_pasid(f->handle);
@@ -444,8 +445,9 @@ out:
 	if (sva->sva_err)
 		dev_err(dev, "SVA unavailable: %s\n", sva->sva_why);
 	else
-		dev_info(dev, "SVA enabled: ats=%d pasid=%d pri=%d (IOPF %s)\n", pdev->ats_enabled,
-			 pdev->pasid_enabled, pdev->pri_enabled,
+		dev_info(dev, "SVA %s: ats=%d pasid=%d pri=%d (IOPF %s)\n",
+			 IS_ENABLED(SVMVAL_HAVE_DEV_FEAT) ? "enabled" : "left to bind",
+			 pdev->ats_enabled, pdev->pasid_enabled, pdev->pri_enabled,
 			 sva->iopf_on ? "on" : IS_ENABLED(SVMVAL_HAVE_DEV_FEAT) ? "off" : "at bind");
 }
 
