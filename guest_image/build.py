@@ -14,6 +14,7 @@ builder waits and then reuses the first one's result.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import shutil
@@ -27,7 +28,7 @@ from typing import Any
 
 from guest_image import driver, initramfs, recipe, rootfs
 from guest_image.digest import build_sources, compute_digest
-from guest_image.resolve import Resolution, ResolveError, resolve
+from guest_image.resolve import Resolution, ResolveError, resolve, resolve_kernel
 from guest_image.rootfs import ImageBuildError
 from harness.paths import cache_dir
 
@@ -64,7 +65,11 @@ def images_dir() -> Path:
 
 
 def current_resolution(say: Progress = lambda _m: None) -> Resolution:
-    return resolve(recipe.SUITE, recipe.PACKAGES, images_dir() / "resolutions", say=say)
+    """The suite's package set, plus the kernel packages from recipe.KERNEL_SUITE."""
+    base = resolve(recipe.SUITE, recipe.PACKAGES, images_dir() / "resolutions", say=say)
+    kernel = resolve_kernel(recipe.KERNEL_SUITE, recipe.KERNEL_PACKAGE, images_dir() / "resolutions",
+                            mirror=base.mirror, say=say)
+    return dataclasses.replace(base, versions=dict(sorted({**base.versions, **kernel}.items())))
 
 
 def recipe_digest(resolution: Resolution | None = None) -> str:
@@ -154,6 +159,10 @@ def _build(work: Path, digest: str, resolution: Resolution, say: Progress) -> No
     say(f"debootstrap {recipe.SUITE}: {len(resolution.versions)} packages (about 1.5 minutes)")
     rootfs.debootstrap(root, resolution.mirror, cache_dir() / "debs" / recipe.SUITE, log)
     timings["debootstrap_s"] = time.monotonic() - t0
+    say(f"the kernel from {recipe.KERNEL_SUITE}")
+    t_k = time.monotonic()
+    rootfs.install_kernel(root, resolution.mirror, cache_dir() / "debs" / recipe.KERNEL_SUITE, log)
+    timings["kernel_s"] = time.monotonic() - t_k
 
     installed = rootfs.installed_versions(root)
     drift = {
@@ -179,6 +188,7 @@ def _build(work: Path, digest: str, resolution: Resolution, say: Progress) -> No
     t_mod = time.monotonic()
     module = driver.ensure_module(root, release, resolution.versions, log, say)
     timings["driver_s"] = time.monotonic() - t_mod
+    rootfs.drop_kernel_suite(root)  # the driver's headers came from it; the image needs no apt source
     rootfs.prune(root, release, log)  # its depmod indexes the driver too
 
     say("ext4 root filesystem (mke2fs -d)")

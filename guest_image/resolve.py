@@ -255,3 +255,61 @@ def resolve(
     tmp.rename(cached)
     say(f"resolved {len(versions)} packages in {time.monotonic() - t0:.1f} s")
     return res
+
+
+def kernel_closure(text: str, metapackage: str) -> dict[str, str]:
+    """`metapackage` (e.g. linux-image-amd64) and the linux-* packages it pins, with the
+    versions a Packages index gives them (the newest of each): the kernel an image gets
+    from a suite that is not its own (backports), for the image's cache key."""
+    stanzas: dict[str, tuple[str, str]] = {}
+    for stanza in text.split("\n\n"):
+        m = re.match(r"Package: (\S+)\n", stanza)
+        v = re.search(r"^Version: (\S+)$", stanza, re.M)
+        if not m or not v:
+            continue
+        deps = re.search(r"^Depends: (.*)$", stanza, re.M)
+        if m[1] not in stanzas or compare_versions(v[1], stanzas[m[1]][0]) > 0:
+            stanzas[m[1]] = (v[1], deps[1] if deps else "")
+    out: dict[str, str] = {}
+    todo = [metapackage]
+    while todo:
+        name = todo.pop()
+        if name in out or name not in stanzas:
+            continue
+        version, depends = stanzas[name]
+        out[name] = version
+        todo += [d.split()[0] for alt in depends.split(",") for d in [alt.split("|")[0].strip()]
+                 if d.startswith("linux-")]
+    if metapackage not in out:
+        raise ResolveError(f"{metapackage} is not in the index; is the kernel suite right?")
+    return out
+
+
+def resolve_kernel(suite: str, metapackage: str, store: Path, *, mirror: str | None = None,
+                   say: Progress = lambda _m: None) -> dict[str, str]:
+    """The kernel packages `suite` would give the image now (cached by its index hash;
+    offline, the newest known)."""
+    mirror = mirror or debian_mirror()
+    store.mkdir(parents=True, exist_ok=True)
+    prefix = f"kernel-{suite}-{metapackage}"
+    try:
+        inrelease = _get(f"{mirror}/dists/{suite}/InRelease").decode(errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        known = sorted(store.glob(f"{prefix}-*.json"), key=lambda p: p.stat().st_mtime)
+        if not known:
+            raise ResolveError(f"cannot reach the Debian mirror {mirror} ({exc}) for the {suite} kernel, and "
+                               f"no earlier resolution is cached in {store}") from exc
+        return dict(json.loads(known[-1].read_text()))
+    index_sha, date = parse_inrelease(inrelease)
+    cached = store / f"{prefix}-{index_sha[:16]}.json"
+    if cached.exists():
+        return dict(json.loads(cached.read_text()))
+    say(f"resolving the kernel from {suite} ({date})")
+    raw = _get(f"{mirror}/dists/{suite}/{INDEX}", timeout=120)
+    if hashlib.sha256(raw).hexdigest() != index_sha:
+        raise ResolveError(f"{mirror}/dists/{suite}/{INDEX} does not match its InRelease (mirror mid-sync?)")
+    versions = kernel_closure(lzma.decompress(raw).decode(errors="replace"), metapackage)
+    tmp = cached.with_suffix(".tmp")
+    tmp.write_text(json.dumps(versions, indent=1, sort_keys=True))
+    tmp.rename(cached)
+    return versions

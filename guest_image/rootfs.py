@@ -94,6 +94,35 @@ def debootstrap(root: Path, mirror: str, debs_cache: Path, log: Path) -> None:
     )
 
 
+KERNEL_SOURCES = "etc/apt/sources.list.d/svmval-kernel.sources"
+
+
+def install_kernel(root: Path, mirror: str, debs_cache: Path, log: Path) -> None:
+    """recipe.KERNEL_PACKAGE from recipe.KERNEL_SUITE, into the new root with its own apt
+    (the source stays until the driver is built against the kernel's headers)."""
+    (root / KERNEL_SOURCES).write_text(
+        f"Types: deb\nURIs: {mirror}\nSuites: {recipe.KERNEL_SUITE}\nComponents: main\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+    debs_cache.mkdir(parents=True, exist_ok=True)
+    archives = root / "var/cache/apt/archives"
+    for deb in debs_cache.glob("*.deb"):  # a rebuild does not download the kernel again
+        shutil.copy2(deb, archives)
+    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    apt = ["chroot", str(root), "apt-get", "-q", "-y", "-o", "Acquire::Languages=none",
+           "-o", "Dpkg::Options::=--force-unsafe-io"]
+    run_logged([*apt, "update"], f"apt-get update in the new root ({recipe.KERNEL_SUITE})", log, env=env)
+    # pkg/suite, not -t suite: only the kernel comes from there; -t would also move the
+    # packages it touches (linux-libc-dev...) off the image's own suite.
+    run_logged([*apt, "--no-install-recommends", "install", f"{recipe.KERNEL_PACKAGE}/{recipe.KERNEL_SUITE}"],
+               f"installing {recipe.KERNEL_PACKAGE} from {recipe.KERNEL_SUITE}", log, env=env)
+    for deb in archives.glob("linux-*.deb"):
+        shutil.copy2(deb, debs_cache)
+
+
+def drop_kernel_suite(root: Path) -> None:
+    (root / KERNEL_SOURCES).unlink(missing_ok=True)
+
+
 def installed_versions(root: Path) -> dict[str, str]:
     out = subprocess.run(
         ["chroot", str(root), "dpkg-query", "-W", "-f", "${Package}\t${Version}\n"],

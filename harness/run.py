@@ -46,12 +46,13 @@ from harness.guest import GuestChannel
 from harness.inventory import HostSpec
 from harness.paths import REPO_ROOT
 from harness.preflight import run_local_preflight
-from harness.qemu.profiles import SVA_DEVICE
+from harness.qemu.profiles import SLOT_SVA, SVA_DEVICE, sid_of
 from harness.qemu.session import local_guest
 from harness.qemu.sid import local_qemu
 from harness.results import CheckResult, Traffic, Verdict
 from harness.seeds import SeedBug
 from harness.session import GuestSession
+from harness.trace.events import PrqDesc
 from harness.trace.follow import EventLog, TraceFollower
 from harness.trace.formats import declarations_of
 from harness.trace.parser import TraceParseError
@@ -375,7 +376,8 @@ class TraceJudge:
 
     @classmethod
     def open(cls, g: GuestSession, label: str) -> TraceJudge:
-        replay, translations = QiReplay(), EventLog("vtd_dmar_translate")
+        sva = frozenset({sid_of(SLOT_SVA)}) if g.qemu.has_device(SVA_DEVICE) else frozenset()
+        replay, translations = QiReplay(pasid_sids=sva), EventLog("vtd_dmar_translate")
         faults = EventLog("vtd_dmar_fault", "vtd_frr_new")
         prq = EventLog(*PRQ_EVENTS)
         follower = TraceFollower(g.open_trace(), label, g.trace_format(), [replay, translations, faults, prq])
@@ -433,8 +435,10 @@ def _final_checks(g: GuestSession, judge: TraceJudge, results: dict[str, Any]) -
     except TraceParseError as exc:
         checks = [_not_judged("qi-completeness", None, exc), _not_judged("faults", None, exc)]
     else:
+        requested = frozenset((e.sid, e.addr & ~0xFFF) for e in judge.prq.events if isinstance(e, PrqDesc))
         checks = [judge.replay.finish(memory, started=t0),
-                  check_faults(judge.faults.events, expected, memory, judge.replay.root, g.machine.console_text())]
+                  check_faults(judge.faults.events, expected, memory, judge.replay.root, g.machine.console_text(),
+                               requested)]
     if g.qemu.has_device(SVA_DEVICE):
         checks.append(_real_prq_check(judge, results))
         return checks

@@ -157,6 +157,34 @@ def page_requests(run: RunView) -> list[Plot]:
     return plots
 
 
+def device(run: RunView) -> Plot:
+    """What the svmval-sva device did per SVA workload: page requests, ATS requests, ATC hit rate."""
+    anchor, title = "plot-device", "svmval-sva device: page requests and ATC per workload"
+    rows = [w for w in run.workloads if w.device_counters]
+    if not rows:
+        return Plot(anchor, title, missing="no workload reported the svmval-sva device's counters "
+                    "(not svmval's QEMU, or no SVA workload ran)")
+    fig = _figure(3.2, bars=len(rows))
+    ax = fig.add_subplot()
+    xs = range(len(rows))
+    c = [w.device_counters for w in rows]
+    ax.bar([x - 0.2 for x in xs], [d.get("page_requests", 0) for d in c], width=0.4, color=COLORS[0],
+           label="page requests")
+    ax.bar([x + 0.2 for x in xs], [d.get("ats_requests", 0) for d in c], width=0.4, color=COLORS[1],
+           label="ATS requests")
+    ax.set_xticks(list(xs), [w.name for w in rows], rotation=30, ha="right", fontsize="small")
+    ax.set_yscale("symlog")
+    ax.legend(fontsize="small")
+    for x, d in zip(xs, c, strict=True):
+        looked = d.get("atc_hits", 0) + d.get("atc_misses", 0)
+        if looked:
+            ax.annotate(f"{100 * d.get('atc_hits', 0) / looked:.0f}% hit", (x, 1), ha="center", fontsize="x-small")
+    total = {k: int(sum(d.get(k, 0) for d in c)) for k in ("page_requests", "ats_requests", "atc_hits",
+                                                              "atc_misses", "invalidations", "ops")}
+    return Plot(anchor, title, _png(fig), caption=", ".join(f"{v} {k.replace('_', ' ')}" for k, v in total.items())
+                + " (the device's own counters, real traffic through the vIOMMU)")
+
+
 def translations(run: RunView) -> Plot:
     anchor, title = "plot-translation", "Translation checks per workload"
     checks = [c for c in run.checks if c.name.startswith("translation")]
@@ -245,7 +273,7 @@ def bandwidth(run: RunView) -> Plot:
 
 
 def all_plots(run: RunView, qi: QiTrace | None, qi_absent: str) -> list[Plot]:
-    return [qi_mix(qi, qi_absent), inv_to_use(run), *page_requests(run), translations(run),
+    return [qi_mix(qi, qi_absent), inv_to_use(run), *page_requests(run), device(run), translations(run),
             bandwidth(run)]
 
 

@@ -38,6 +38,8 @@ class WorkloadRow:
     pages: int  # number of page records (gva/gpa pairs) the workload reported
     bandwidth_host: dict[str, float] = field(default_factory=dict)  # flavour -> GB/s on the host
     bandwidth_ratio: dict[str, float] = field(default_factory=dict)  # flavour -> guest / host
+    # svmval-sva workloads: the device's counter deltas (page_requests, atc_hits, ...)
+    device_counters: dict[str, float] = field(default_factory=dict)
 
     @property
     def time_s(self) -> float:
@@ -122,6 +124,7 @@ def parse_workloads(data: dict[str, Any], where: Path) -> list[WorkloadRow]:
                 pages=len(r.get("pages") or ()),
                 bandwidth_host={k: v / 1e9 for k, v in _numbers(r.get("bandwidth_host"), name).items()},
                 bandwidth_ratio=_numbers(r.get("bandwidth_ratio"), name),
+                device_counters=_numbers(r.get("counters_delta"), name),
             )
         )
     return rows

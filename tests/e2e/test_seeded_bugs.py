@@ -34,3 +34,25 @@ def test_pte_changed_without_invalidation_is_reported_stale(host: HostSpec, tmp_
     html = (outcome.bundle.path / "report.html").read_text()
     links = re.findall(r'href="#(trace-L\d+)"', html)
     assert links and all(f'id="{link}"' in html for link in links)
+
+
+def _seeded(host: HostSpec, tmp_path: Path, name: str):  # type: ignore[no-untyped-def]
+    if not host.is_local:
+        pytest.skip("the svmval-sva device's seeded modes are the local lab's")
+    bug = seed_bug(name)
+    return run(host, tmp_path, workloads=list(bug.workloads), seed=bug)
+
+
+def test_a_device_that_ignores_invalidations_fails_the_remap_workload(host: HostSpec, tmp_path: Path) -> None:
+    outcome = _seeded(host, tmp_path, "device-ignores-invalidation")
+    (remap,) = [r for r in outcome.workloads["results"] if r["name"] == "sva_munmap_remap"]  # type: ignore[index]
+    assert remap["verdict"] == "fail", remap  # the device used the unmapped page's stale translation
+    assert outcome.bundle.manifest.verdict is Verdict.FAIL
+    assert outcome.bundle.manifest.host["seeded_bug"]["name"] == "device-ignores-invalidation"
+
+
+def test_page_requests_that_never_close_their_group_fail_the_prq_check(host: HostSpec, tmp_path: Path) -> None:
+    outcome = _seeded(host, tmp_path, "page-request-never-closed")
+    (prq,) = [c for c in outcome.checks if c.name == "prq"]
+    assert prq.verdict is Verdict.FAIL, prq.summary
+    assert any("never closed their group" in f.message and f.trace_lines for f in prq.findings), prq.findings[:3]

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-KERNEL = "6.12.117+deb13-amd64"
+KERNEL = "7.3.4+deb13-amd64"  # the guest kernel (recipe.KERNEL_SUITE)
 
 
 @pytest.fixture(scope="session")
 def real_modules_dep() -> str:
-    """modules.dep of trixie's 6.12.117 kernel as depmod wrote it in a built image."""
+    """modules.dep of trixie-backports' 7.3.4 kernel as depmod wrote it in a built (pruned) image."""
     return lzma.decompress((FIXTURES / f"{KERNEL}.modules.dep.xz").read_bytes()).decode()
 
 

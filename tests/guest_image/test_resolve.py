@@ -12,6 +12,7 @@ from guest_image.resolve import (
     Resolution,
     ResolveError,
     debian_mirror,
+    kernel_closure,
     parse_inrelease,
     parse_packages,
 )
@@ -164,3 +165,15 @@ def test_duplicate_stanzas_resolve_to_the_highest_version() -> None:
         "Package: linux-libc-dev\nVersion: 6.12.99-1\n"
     )
     assert parse_packages(text, ["linux-libc-dev"]) == {"linux-libc-dev": "6.12.117-1"}
+
+
+def test_the_backports_kernel_closure_from_the_real_index() -> None:
+    # Real stanzas of trixie-backports' Packages (2026-11-30), linux-image-amd64's chain.
+    text = (FIXTURES / "trixie-backports.kernel.Packages.excerpt").read_text()
+    got = kernel_closure(text, "linux-image-amd64")
+    assert got["linux-image-amd64"] == got["linux-image-7.3.4+deb13-amd64"] == "7.3.4-1~bpo13+1"
+    assert set(got) == {"linux-image-amd64", "linux-image-7.3.4+deb13-amd64", "linux-binary-7.3.4+deb13-amd64",
+                        "linux-modules-7.3.4+deb13-amd64", "linux-base-7.3.4+deb13-amd64",
+                        "linux-base-amd64", "linux-modules-amd64"}
+    with pytest.raises(ResolveError, match="linux-image-nope"):
+        kernel_closure(text, "linux-image-nope")
