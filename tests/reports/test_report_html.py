@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
 
-from report_bundles import KEY_BODY, PASSWORD, TOKEN, BundleFactory, ConsoleFacts, TraceFacts
+from report_bundles import FIXTURES, KEY_BODY, PASSWORD, TOKEN, BundleFactory, ConsoleFacts, TraceFacts, workloads_doc
 
 from reports.bundle import Bundle
 from reports.html import render_html
@@ -108,13 +109,17 @@ def test_every_local_link_resolves_and_excerpts_show_the_named_lines(
 
 
 def test_page_is_self_contained_with_embedded_plots(make_bundle: BundleFactory) -> None:
-    html = render_html(load_run(make_bundle()))
+    doc = workloads_doc()
+    # Real svmval-sva results (fixtures/sva-results.json names the run) feed the device plot.
+    doc["results"] = [*doc["results"], *json.loads((FIXTURES / "sva-results.json").read_text())["results"]]  # type: ignore[misc]
+    html = render_html(load_run(make_bundle(workloads=doc)))
     page = index(html)
     assert page.scripts == 0
     assert page.external == []
     assert "url(" not in html  # no CSS fetches either
     pngs = [s for s in page.imgs if s.startswith("data:image/png;base64,")]
-    assert len(pngs) == len(page.imgs) == 6  # QI mix, inv-to-use, PRQ, latency, translation, bw
+    assert len(pngs) == len(page.imgs) == 7  # QI mix, inv-to-use, PRQ, latency, device, translation, bw
+    assert "607 page requests, 1641 ats requests, 148 atc hits, 1034 atc misses" in html
     assert all(len(s) > 2000 for s in pngs)
     assert "Not drawn" not in html
     assert "136 descriptors in 3037 trace lines" in html
