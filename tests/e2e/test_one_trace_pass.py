@@ -25,11 +25,11 @@ def test_every_check_is_fed_from_one_open_of_the_trace(host: HostSpec, tmp_path:
     monkeypatch.setattr(LocalSession, "open_trace", lambda self: (opened.append("run"), real_open_trace(self))[1])
     monkeypatch.setattr(harness.trace.parser, "_open_text",
                         lambda path: (opened.append(f"reader:{path.name}"), real_open_text(path))[1])
-    outcome = run(host, tmp_path, workloads=["edu_dma", "svm_coarse_buffer"])
+    outcome = run(host, tmp_path, workloads=["edu_dma", "sva_first_touch"])
     assert outcome.bundle.manifest.verdict is Verdict.PASS, outcome.bundle.manifest.error
     judged = {(c.name, c.workload) for c in outcome.checks}
     assert {("translation", "edu_dma"), ("qi-completeness", "edu_dma (held)"), ("qi-completeness", None),
-            ("faults", None)} <= judged
-    # One open for all four checks; the only other read is the report's descriptor plot,
+            ("faults", None), ("prq", None)} <= judged
+    # One open for all five checks; the only other read is the report's descriptor plot,
     # which re-renders from the bundle alone (svmval report BUNDLE does the same).
     assert opened == ["run", "reader:trace.log"]
