@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from guest_image import recipe
-from guest_image.rootfs import ImageBuildError, installed_versions, run_logged
+from guest_image.rootfs import ImageBuildError, add_kernel_suite, installed_versions, run_logged
 from harness.paths import cache_dir
 
 HERE = Path(__file__).resolve().parent
@@ -151,6 +151,7 @@ def build_in_root(root: Path, release: str, versions: dict[str, str], log: Path,
         archives.mkdir(parents=True, exist_ok=True)
         for deb in debs.glob("*.deb"):  # apt checks each against the index, re-fetches a stale one
             shutil.copy2(deb, archives / deb.name)
+        add_kernel_suite(merged)  # the kernel's headers live beside it, in recipe.KERNEL_SUITE
         _chroot(merged, [*APT, "update"], f"apt-get update in the image root ({recipe.SUITE})", log)
         _chroot(merged, [*APT, *UNSAFE_IO, "--no-install-recommends", "install", *packages],
                 f"installing {' '.join(packages)} into the image root", log)

@@ -97,12 +97,20 @@ def debootstrap(root: Path, mirror: str, debs_cache: Path, log: Path) -> None:
 KERNEL_SOURCES = "etc/apt/sources.list.d/svmval-kernel.sources"
 
 
-def install_kernel(root: Path, mirror: str, debs_cache: Path, log: Path) -> None:
-    """recipe.KERNEL_PACKAGE from recipe.KERNEL_SUITE, into the new root with its own apt
-    (the source stays until the driver is built against the kernel's headers)."""
+def add_kernel_suite(root: Path, mirror: str | None = None) -> None:
+    """An apt source for recipe.KERNEL_SUITE in `root` (the kernel and its headers come
+    from there); the mirror is the root's own when not given."""
+    if mirror is None:
+        line = (root / "etc/apt/sources.list").read_text().split()
+        mirror = line[1] if len(line) > 1 and line[0] == "deb" else "http://deb.debian.org/debian"
     (root / KERNEL_SOURCES).write_text(
         f"Types: deb\nURIs: {mirror}\nSuites: {recipe.KERNEL_SUITE}\nComponents: main\n"
         "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+
+
+def install_kernel(root: Path, mirror: str, debs_cache: Path, log: Path) -> None:
+    """recipe.KERNEL_PACKAGE from recipe.KERNEL_SUITE, into the new root with its own apt."""
+    add_kernel_suite(root, mirror)
     debs_cache.mkdir(parents=True, exist_ok=True)
     archives = root / "var/cache/apt/archives"
     for deb in debs_cache.glob("*.deb"):  # a rebuild does not download the kernel again
