@@ -15,13 +15,11 @@ builder waits and then reuses the first one's result.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from guest_image import driver, initramfs, recipe, rootfs
 from guest_image.digest import build_sources, compute_digest
 from guest_image.resolve import Resolution, ResolveError, resolve, resolve_kernel
 from guest_image.rootfs import ImageBuildError
-from harness.paths import cache_dir
+from harness.paths import cache_dir, cache_lock
 
 Progress = Callable[[str], None]
 IMAGE_FILES = ("vmlinuz", "initrd.img", "rootfs.img")
@@ -107,16 +105,6 @@ def cached_image(progress: Progress | None = None) -> GuestImage | None:
     return _image_from_dir(d) if (d / "manifest.json").exists() else None
 
 
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_image(progress: Progress | None = None, *, force: bool = False) -> GuestImage:
     """The cached image for the current recipe, built first if missing (or if `force`)."""
     say = progress or (lambda _msg: None)
@@ -126,7 +114,7 @@ def ensure_image(progress: Progress | None = None, *, force: bool = False) -> Gu
     if (final / "manifest.json").exists() and not force:  # fast path: no lock needed to read
         say(f"guest image {digest[:12]} cached")
         return _image_from_dir(final)
-    with _lock(images_dir() / f"{digest}.lock"):
+    with cache_lock(images_dir() / f"{digest}.lock"):
         if (final / "manifest.json").exists() and not force:
             say(f"guest image {digest[:12]} built meanwhile by another builder")
             return _image_from_dir(final)

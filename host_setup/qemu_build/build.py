@@ -15,7 +15,6 @@ Builds run one at a time under `build.lock`, at `nice -n 10`.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -25,11 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.paths import cache_lock
 from harness.qemu.probe import QemuProbeError, probe_qemu
 from host_setup.qemu_build import source, tree
 from host_setup.qemu_build.errors import MissingBuildPackage, QemuBuildError
@@ -161,17 +160,6 @@ def cached_svmval_qemu(device_dir: Path | None = None) -> Path | None:
     return wrapper if (wrapper.parent / "manifest.json").exists() else None
 
 
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_svmval_qemu(say: Say = lambda _m: None, *, force: bool = False, device_dir: Path | None = None) -> Path:
     """svmval's QEMU wrapper, built first when the source, patches or devices changed.
 
@@ -181,7 +169,7 @@ def ensure_svmval_qemu(say: Say = lambda _m: None, *, force: bool = False, devic
     if not force and (cached := cached_svmval_qemu(device_dir)) is not None:
         return cached
     require_packages()
-    with _lock(_root() / "build.lock"):
+    with cache_lock(_root() / "build.lock"):
         if not force and (cached := cached_svmval_qemu(device_dir)) is not None:
             say("svmval's QEMU was built meanwhile by another builder")
             return cached
