@@ -8,6 +8,8 @@ from __future__ import annotations
 import ctypes
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,17 @@ FLAG_SETS = [acc | extra for extra in (0, FINE, FINE | ATOM) for acc in (RW, WO,
 
 def flag_name(flags: int) -> str:
     return " | ".join(n for bit, n in FLAG_NAMES.items() if flags & bit) or "0"
+
+
+@contextmanager
+def svm_alloc(env: Env, flags: int, size: int, what: str) -> Iterator[int]:
+    """clSVMAlloc that must not return NULL, freed on the way out."""
+    ptr = clapi.svm_alloc(env.ctx, flags, size)
+    check(ptr != 0, f"clSVMAlloc({what}) returned NULL")
+    try:
+        yield ptr
+    finally:
+        clapi.svm_free(env.ctx, ptr)
 
 
 def usable_flag_sets(env: Env, res: Result) -> list[int]:
@@ -68,9 +81,7 @@ def allocate_shared_buffer(env: Env, res: Result) -> None:
     size, count = 1024, 256
     iota = env.kernel(SOURCE, "iota")
     for flags in usable_flag_sets(env, res):
-        ptr = clapi.svm_alloc(env.ctx, flags, size)
-        check(ptr != 0, f"clSVMAlloc({flag_name(flags)}) returned NULL")
-        try:
+        with svm_alloc(env, flags, size, flag_name(flags)) as ptr:
             mem, err = clapi.create_buffer(env.ctx, clapi.MEM_USE_HOST_PTR, size, ptr)
             check(err == 0, f"clCreateBuffer(USE_HOST_PTR) on {flag_name(flags)} SVM failed: {err}")
             buf = _wrap(mem)
@@ -87,8 +98,6 @@ def allocate_shared_buffer(env: Env, res: Result) -> None:
                 mapping.release(q)
             q.finish()
             buf.release()
-        finally:
-            clapi.svm_free(env.ctx, ptr)
 
 
 @workload("svm_allocate_shared_buffer_negative", "shared buffer allocation", Svm.COARSE_GRAIN_BUFFER,
@@ -100,9 +109,7 @@ def allocate_shared_buffer_negative(env: Env, res: Result) -> None:
     size, count = 1024, 256
     iota = env.kernel(SOURCE, "iota")
     for flags in usable_flag_sets(env, res):
-        ptr = clapi.svm_alloc(env.ctx, flags, size)
-        check(ptr != 0, f"clSVMAlloc({flag_name(flags)}) returned NULL")
-        try:
+        with svm_alloc(env, flags, size, flag_name(flags)) as ptr:
             mem, err = clapi.create_buffer(env.ctx, clapi.MEM_USE_HOST_PTR, 2 * size, ptr)
             clapi.release_mem(mem)
             check(err == clapi.CL_INVALID_BUFFER_SIZE, f"{flag_name(flags)}: clCreateBuffer of twice the SVM "
@@ -119,8 +126,6 @@ def allocate_shared_buffer_negative(env: Env, res: Result) -> None:
             q.finish()
             buf.release()
             check(ok, f"{flag_name(flags)}: wrong data after the refused oversize buffer")
-        finally:
-            clapi.svm_free(env.ctx, ptr)
 
 
 # Run in a child first: PoCL 6.0 (Debian trixie) dies with SIGSEGV on an overlapping
@@ -385,9 +390,7 @@ def buffer_address_equivalence(env: Env, res: Result) -> None:
 
     for flags in kinds:
         what = flag_name(flags | RW)
-        ptr = clapi.svm_alloc(env.ctx, flags | RW, size)
-        check(ptr != 0, f"clSVMAlloc({what}) returned NULL")
-        try:
+        with svm_alloc(env, flags | RW, size, what) as ptr:
             mem, err = clapi.create_buffer(env.ctx, RW | clapi.MEM_USE_HOST_PTR, size, ptr)
             check(err == 0, f"{what}: clCreateBuffer on the SVM pointer failed: {err}")
             whole = _wrap(mem)
@@ -404,6 +407,4 @@ def buffer_address_equivalence(env: Env, res: Result) -> None:
             got = seen(off)
             off.release()
             check(got == ptr + align, f"{what}: offset buffer at {got:#x}, expected {ptr + align:#x}")
-        finally:
-            clapi.svm_free(env.ctx, ptr)
     res.extra["kinds"] = [flag_name(f | RW) for f in kinds]
