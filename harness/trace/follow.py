@@ -16,7 +16,7 @@ from typing import BinaryIO, Protocol
 
 from .events import BadLine, TraceEvent
 from .formats import load_event_table
-from .parser import TraceParseError, _compiled, _parse_line
+from .parser import TimeOrder, TraceParseError, _compiled, _parse_line
 
 _READ = 8 << 20
 
@@ -41,6 +41,7 @@ class TraceFollower:
         self.wanted: frozenset[str] | None = None if any(w is None for w in wants) else frozenset().union(
             *[w for w in wants if w is not None])
         self.lines = 0  # whole lines consumed so far
+        self.order = TimeOrder()  # the same time-order check as iter_events
         self._tail = b""  # bytes after the last newline: a line QEMU is still writing
 
     def catch_up(self) -> int:
@@ -76,6 +77,8 @@ class TraceFollower:
             ev = _parse_line(body, lineno, comp, wanted)
             if ev is None:
                 continue
+            if ev.timestamp is not None:
+                ev = self.order.check(ev)
             if type(ev) is BadLine:
                 raise TraceParseError(self.label, ev)
             events.append(ev)

@@ -74,6 +74,11 @@ _PATTERNS: dict[str, tuple[str, Converter]] = {
 }
 
 
+# Hex digits each fixed-width type can print (other types are left unbounded).
+_HEX_DIGITS = {"uint8_t": 2, "int8_t": 2, "uint16_t": 4, "int16_t": 4, "uint32_t": 8, "int32_t": 8,
+               "uint64_t": 16, "int64_t": 16, "hwaddr": 16, "dma_addr_t": 16}
+
+
 @dataclass(frozen=True)
 class EventFormat:
     """One trace event: its argument names/types and the regex matching the text
@@ -125,9 +130,14 @@ def compile_format(name: str, args: str, fmt_expr: str) -> EventFormat:
             parts.append("%")
             continue
         pat, cv = _PATTERNS[conv]
+        i = len(converters)
+        digits = _HEX_DIGITS.get(arg_types[i]) if i < len(arg_types) and conv in "xX" else None
+        if digits is not None:
+            # printf cannot write more hex digits than the type holds: a longer number is
+            # a damaged line, not a value wider than the field (a 17-digit uint64_t).
+            pat = pat.replace("+", f"{{1,{digits}}}")
         if m.group("width") and "0" not in m.group("flags") and "-" not in m.group("flags"):
             pat = r" *(?:" + pat + ")"  # space-padded to a width
-        i = len(converters)
         if i < len(arg_types) and arg_types[i] == "bool":
             cv = _bool
         parts.append(f"({pat})")

@@ -40,6 +40,8 @@ Source = str | Path | Iterable[str]
 #   QEMU <= 10.x: "PID@SECONDS.MICROS:name args"
 #   QEMU >= 11:   "2026-11-24T20:26:22.230274Z name args", and, when the microseconds
 #                 are 0, glib's ISO 8601 drops the fraction: "2026-12-01T20:30:37Z name".
+_PID_PREFIX = r"\d+@\d+(?:\.\d+)?:"
+_ISO_PREFIX = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z "
 STAMP = re.compile(
     r"(?:(?P<pid>\d+)@(?P<secs>\d+(?:\.\d+)?):"
     r"|(?P<iso>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) )"
@@ -64,11 +66,52 @@ def parse_stamp(text: str) -> tuple[int | None, float, int] | None:
     if m is None:
         return None
     if m.group("iso") is not None:
-        return None, iso_seconds(m.group("iso")), m.end()
+        try:
+            return None, iso_seconds(m.group("iso")), m.end()
+        except ValueError:  # the grammar's shape, but no such time (month 13): not QEMU's
+            return None
     return int(m.group("pid")), float(m.group("secs")), m.end()
 
 
 _CHUNK = 8 << 20  # characters per read on the selective path
+
+# How far a line's timestamp may lie behind the latest one before it. QEMU takes the
+# time before the log lock (util/log.c qemu_log: "Prepare the timestamp *outside* the
+# logging lock"), so a thread that waited for the lock writes an earlier time after a
+# later one: by the lock wait, or a preemption while another thread held it (ms). The
+# real traces on record never step back at all (tests/trace/test_hostile_input.py); a
+# second is far beyond any lock wait, so a larger step is a trace QEMU did not write
+# in that order (files concatenated, lines moved, the host clock set back).
+BACKWARD_TOLERANCE_S = 1.0
+
+
+class TimeOrder:
+    """Flags an event whose timestamp lies more than BACKWARD_TOLERANCE_S behind the
+    latest timestamp read before it. After a flag the clock restarts from that line,
+    so one bad step is one BadLine, not every line after it."""
+
+    def __init__(self) -> None:
+        self.latest = float("-inf")
+        self.latest_line = 0
+
+    def check(self, ev: TraceEvent) -> TraceEvent:
+        ts = ev.timestamp
+        if ts is None or type(ev) is BadLine:
+            return ev
+        if ts < self.latest - BACKWARD_TOLERANCE_S:
+            bad = BadLine(ev.name, ev.line, ev.pid, ts, _event_text(ev),
+                          f"timestamp steps back {self.latest - ts:.6f} s behind line {self.latest_line} "
+                          f"(QEMU steps back by at most a log-lock wait, < {BACKWARD_TOLERANCE_S:g} s)")
+            self.latest, self.latest_line = ts, ev.line
+            return bad
+        if ts >= self.latest:
+            self.latest, self.latest_line = ts, ev.line
+        return ev
+
+
+def _event_text(ev: TraceEvent) -> str:
+    # A parsed event keeps no text; its repr names what was read.
+    return repr(ev)
 
 
 class TraceParseError(SvmvalError):
@@ -169,9 +212,9 @@ def _parse_line(text: str, lineno: int, comp: dict[str, _Compiled],
         pid, ts, end = stamp
         body = text[end:]
     name, sep, rest = body.partition(" ")
-    if wanted is not None and name not in wanted:
-        return None
     c = comp.get(name)
+    if wanted is not None and name not in wanted and c is not None:
+        return None  # another known event: not looked at (an unknown name is a BadLine)
     if c is None or not sep:
         return BadLine(name if c else "", lineno, pid, ts, text,
                        "unknown event" if c is None else "no space after event name")
@@ -193,12 +236,17 @@ def _iter_lines(lines: Iterable[str], comp: dict[str, _Compiled],
             continue
         else:
             text = raw  # caller-supplied lines (e.g. splitlines()) carry no newline
-        if not text:
-            yield BadLine("", lineno, None, None, raw, "empty line")
-            continue
-        ev = _parse_line(text, lineno, comp, wanted)
+        ev = _line_event(text, lineno, comp, wanted)
         if ev is not None:
             yield ev
+
+
+def _line_event(text: str, lineno: int, comp: dict[str, _Compiled],
+                wanted: frozenset[str] | None) -> TraceEvent | None:
+    """One line without its newline: an event, a BadLine, or None (not wanted)."""
+    if not text:
+        return BadLine("", lineno, None, None, text, "empty line")
+    return _parse_line(text, lineno, comp, wanted)
 
 
 # ------------------------------------------------------------- selective scan
@@ -227,9 +275,8 @@ def _scan(path: Path, comp: dict[str, _Compiled], wanted: frozenset[str]
           ) -> Iterator[TraceEvent]:
     with _open_text(path) as fh:
         first = fh.readline()
-        # The timestamp prefix is decided once per file from its first line;
-        # a line in the other form simply fails the count check below and is
-        # then reported by the line-by-line locator.
+        # The timestamp prefix is decided once per file from its first line; a line
+        # in another form is an "odd" line below and read by the line parser.
         first_stamp = STAMP.match(first)
         iso = first_stamp is not None and first_stamp.group("iso") is not None
         sep = "Z " if iso else ":" if first_stamp is not None else "\n"
@@ -241,13 +288,22 @@ def _scan(path: Path, comp: dict[str, _Compiled], wanted: frozenset[str]
                 lit = sep + name + " "
                 finders.append((name, lit, re.compile(re.escape(lit) + c.fmt.pattern + "(?=\n)"),
                                 c))
+        # Odd lines: any line that does not start with this file's prefix and a known
+        # event's name (unknown events, foreign text, empty lines, other prefixes). Found
+        # in C like the wanted events, and handed to the line parser, so that nothing the
+        # full parse reports as a BadLine is skipped here as "another event".
+        prefix = _ISO_PREFIX if iso else _PID_PREFIX if sep == ":" else ""
+        known = "|".join(re.escape(n) for n in sorted(comp, key=len, reverse=True))
+        odd_rx = re.compile(r"\n(?!" + prefix + "(?:" + known + ") )")
         base = 0  # lines before this chunk
         for chunk, truncated in _chunks(fh):
             if truncated:  # QEMU writes whole lines; a missing newline means the file was cut
                 yield BadLine("", base + 1, None, None, chunk[1:-1],
                               "last line has no newline (truncated)")
                 return
-            hits: list[tuple[int, int, re.Match[str] | None]] = []
+            # (position, finder index or -1 for an odd line, match or None)
+            hits: list[tuple[int, int, re.Match[str] | None]] = [
+                (m.start(), -1, None) for m in odd_rx.finditer(chunk, 0, len(chunk) - 1)]
             for idx, (_name, lit, rx, _c) in enumerate(finders):
                 n = chunk.count(lit)
                 if not n:
@@ -262,47 +318,42 @@ def _scan(path: Path, comp: dict[str, _Compiled], wanted: frozenset[str]
                             found.append((p, idx, None))
                         p = chunk.find(lit, p + 1)
                 hits.extend(found)
-            hits.sort(key=lambda h: h[0])
+            hits.sort(key=lambda h: (h[0], h[1]))
             nlines = chunk.count("\n") - 1
             last_line = base + nlines
             line, prev = base, 0
+            done = -1  # the last line handed to the line parser
             for pos, idx, m in hits:
                 line += chunk.count("\n", prev, pos + 1)
                 prev = pos + 1
+                if line == done:
+                    continue
+                ls = pos + 1 if sep == "\n" or idx < 0 else chunk.rfind("\n", 0, pos) + 1
+                if idx < 0 or m is None or (sep != "\n" and chunk.find(sep, ls) != pos):
+                    if idx >= 0 and m is not None:
+                        continue  # the literal inside another line's text: not a line start
+                    # An odd line, or a wanted event whose arguments do not match: the
+                    # line parser names the exact problem (or skips another known event).
+                    done = line
+                    ev = _line_event(chunk[ls:chunk.find("\n", ls)], line, comp, wanted)
+                    if ev is not None:
+                        yield ev
+                    continue
                 name, _lit, _rx, c = finders[idx]
-                ls = pos + 1 if sep == "\n" else chunk.rfind("\n", 0, pos) + 1
                 pid: int | None = None
                 ts: float | None = None
-                if iso:
-                    try:
+                try:
+                    if iso:
                         ts = iso_seconds(chunk[ls:pos + 1])
-                    except ValueError:
-                        yield BadLine(name, line, None, None, chunk[ls:chunk.find("\n", ls)],
-                                      "bad timestamp prefix")
-                        continue
-                elif sep == ":":
-                    # PID@SECONDS.MICROS: split by hand, a regex per event costs more.
-                    at = chunk.find("@", ls, pos)
-                    try:
+                    elif sep == ":":
+                        # PID@SECONDS.MICROS: split by hand, a regex per event costs more.
+                        at = chunk.find("@", ls, pos)
                         pid, ts = int(chunk[ls:at]), float(chunk[at + 1:pos])
-                    except ValueError:
-                        at = -1
-                    if at < 0:
-                        yield BadLine(name, line, None, None, chunk[ls:chunk.find("\n", ls)],
-                                      "bad timestamp prefix")
-                        continue
-                if m is None:
-                    text = chunk[ls:chunk.find("\n", ls)]
-                    ev = _parse_line(text, line, comp, None)  # names the exact problem
-                    assert ev is not None  # no name filter: always an event or BadLine
-                    if not isinstance(ev, BadLine):
-                        # Well-formed, but in the other prefix form than the file's first
-                        # line: found by count, not by the regex. Still an event.
-                        if ev.name == name:
-                            yield ev
-                            continue
-                        ev = BadLine(name, line, None, None, text, "event name inside a line")
-                    yield ev
+                except ValueError:  # no such time (month 13): the line parser says so
+                    done = line
+                    ev = _line_event(chunk[ls:chunk.find("\n", ls)], line, comp, wanted)
+                    if ev is not None:
+                        yield ev
                     continue
                 yield c.build(name, line, pid, ts, m.groups())
             base = last_line
@@ -333,7 +384,10 @@ def iter_events(source: Source, *, names: Iterable[str] | None = None, strict: b
             events = _iter_file(path, comp)
     else:
         events = _iter_lines(source, comp, wanted)
+    order = TimeOrder()
     for ev in events:
+        if ev.timestamp is not None:
+            ev = order.check(ev)
         if strict and type(ev) is BadLine:
             raise TraceParseError(label, ev)
         yield ev

@@ -249,10 +249,11 @@ def test_strict_names_file_and_line(corrupted: Path) -> None:
         parse_trace_file(corrupted, strict=True, trace_events=TE10)
 
 
-def test_selective_scan_reports_bad_lines_of_wanted_events(corrupted: Path) -> None:
+def test_selective_scan_reports_bad_lines_of_wanted_events_and_of_no_known_event(corrupted: Path) -> None:
     events = parse_trace_file(corrupted, names={"vtd_inv_desc"}, trace_events=TE10)
     bad = [e for e in events if isinstance(e, BadLine)]
-    assert [(b.line, b.name) for b in bad] == [(43, "vtd_inv_desc"), (11963, "")]
+    # An unknown event and a foreign line are not "another event" to skip.
+    assert [(b.line, b.name) for b in bad] == [(43, "vtd_inv_desc"), (100, ""), (201, ""), (11963, "")]
     assert sum(isinstance(e, InvDesc) for e in events) == 615
     # line numbers after the inserted line shift by one, as in the full parse
     full = {e.line: e for e in parse_trace_file(corrupted, trace_events=TE10) if isinstance(e, InvDesc)}

@@ -1,0 +1,134 @@
+"""Hostile input to the trace reader: real fixture lines, damaged as a user's file would
+be. Each case is an error naming the file and line (TraceParseError, an SvmvalError),
+on both paths of iter_events and in the run's TraceFollower; never a crash or a skip."""
+
+from __future__ import annotations
+
+import lzma
+import re
+from pathlib import Path
+
+import pytest
+
+from harness.errors import SvmvalError
+from harness.trace import BadLine, InvDesc, TraceParseError, iter_events
+from harness.trace.follow import EventLog, TraceFollower
+from harness.viommu.descriptors import QEMU_10_SM_CAPS, InvalidDescriptor
+
+TRACES = Path(__file__).resolve().parents[1] / "fixtures" / "traces"
+TE10 = TRACES / "qemu10.0.2-vtd-trace-events"
+TE11 = TRACES / "qemu11.1.3-vtd-trace-events"
+PID_TS = TRACES / "vtd-rng256-ts.trace.xz"  # QEMU 10.0.2, PID@SECONDS, 3 threads
+QEMU11 = TRACES / "qemu11-whole-second.trace"  # QEMU 11.1.3, ISO 8601
+NAMES = ["vtd_inv_desc", "vtd_inv_qi_tail", "vtd_inv_desc_iotlb_global"]
+
+
+def _ts_lines() -> list[str]:
+    return lzma.decompress(PID_TS.read_bytes()).decode().splitlines(keepends=True)[:300]
+
+
+def _write(tmp_path: Path, lines: list[str]) -> Path:
+    f = tmp_path / "trace.log"
+    f.write_text("".join(lines))
+    return f
+
+
+def _both_paths_raise(f: Path, formats: Path, line: int, what: str) -> None:
+    for kw in ({}, {"names": NAMES}):
+        with pytest.raises(TraceParseError, match=rf"{re.escape(str(f))}:{line}: {what}") as e:
+            list(iter_events(f, strict=True, trace_events=formats, **kw))  # type: ignore[arg-type]
+        assert isinstance(e.value, SvmvalError)
+
+
+def _follower_raises(f: Path, formats: Path, line: int, what: str) -> None:
+    with f.open("rb") as fh:
+        follower = TraceFollower(fh, str(f), formats, [EventLog(*NAMES)])
+        with pytest.raises(TraceParseError, match=rf":{line}: {what}"):
+            follower.finish()
+
+
+def test_a_trace_cut_mid_line_is_an_error_naming_the_line(tmp_path: Path) -> None:
+    lines = _ts_lines()
+    i = next(n for n, ln in enumerate(lines) if "vtd_inv_desc " in ln)
+    lines[i] = lines[i][:40] + "\n"  # a line cut off, the next one written after it
+    f = _write(tmp_path, lines)
+    _both_paths_raise(f, TE10, i + 1, "arguments do not match")
+    _follower_raises(f, TE10, i + 1, "arguments do not match")
+
+
+def test_a_trace_whose_last_line_has_no_newline_is_an_error_naming_that_line(tmp_path: Path) -> None:
+    lines = _ts_lines()
+    lines[-1] = lines[-1][:25]  # QEMU killed mid-write
+    f = _write(tmp_path, lines)
+    _both_paths_raise(f, TE10, len(lines), r"last line has no newline \(truncated\)")
+    _follower_raises(f, TE10, len(lines), r"last line has no newline \(truncated\)")
+
+
+def test_an_unknown_event_is_an_error_naming_the_line_on_every_path(tmp_path: Path) -> None:
+    lines = _ts_lines()
+    lines[10] = lines[10].replace(":vtd_", ":vtd_renamed_", 1)  # a QEMU with other names
+    f = _write(tmp_path, lines)
+    # The selective path and the follower read only some events, but an unknown name is
+    # not "another event": it means the formats are not this trace's QEMU's.
+    _both_paths_raise(f, TE10, 11, "unknown event")
+    _follower_raises(f, TE10, 11, "unknown event")
+
+
+def test_a_timestamp_of_no_such_date_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    # Found by tests/fuzz: a month of 13 crashed the full path with datetime's ValueError.
+    lines = QEMU11.read_text().splitlines(keepends=True)
+    lines[4] = "2026-13" + lines[4][7:]  # a vtd_inv_desc line: the selective path reads it
+    f = _write(tmp_path, lines)
+    _both_paths_raise(f, TE11, 5, "bad timestamp prefix")
+    _follower_raises(f, TE11, 5, "bad timestamp prefix")
+
+
+def test_the_real_traces_never_step_back_in_time() -> None:
+    """The evidence for the tolerance: QEMU takes the time before the log lock, so lines
+    may step back by a lock wait, but the real captures (13,944 lines from 3 threads, 201
+    ISO lines) do not step back at all."""
+    for path, formats in ((PID_TS, TE10), (QEMU11, TE11)):
+        events = list(iter_events(path, strict=True, trace_events=formats))
+        stamps = [e.timestamp for e in events]
+        assert stamps == sorted(stamps) and len(stamps) > 200
+
+
+def test_a_step_back_of_a_lock_wait_is_what_qemu_writes(tmp_path: Path) -> None:
+    lines = _ts_lines()
+    # Swap two lines of different threads 0.3 ms apart: one thread took its time, then
+    # waited for the lock the other held. Both paths read every line.
+    i = next(n for n in range(1, len(lines)) if lines[n].split("@")[0] != lines[n - 1].split("@")[0])
+    lines[i - 1], lines[i] = lines[i], lines[i - 1]
+    f = _write(tmp_path, lines)
+    assert not [e for e in iter_events(f, trace_events=TE10) if isinstance(e, BadLine)]
+
+
+def test_a_large_backward_step_is_an_error_naming_both_lines(tmp_path: Path) -> None:
+    whole = lzma.decompress(PID_TS.read_bytes()).decode().splitlines(keepends=True)
+    lines = whole[-300:]  # the last 300 lines, 3 s into the boot
+    # The boot's first invalidations pasted after them: time jumps back by 3 s.
+    early = [ln for ln in whole[:300] if "vtd_inv_desc " in ln]
+    f = _write(tmp_path, lines + early[:2])
+    n = len(lines) + 1
+    with pytest.raises(TraceParseError, match=rf"{re.escape(str(f))}:{n}: timestamp steps back [0-9.]+ s "
+                                              rf"behind line {len(lines)}"):
+        list(iter_events(f, strict=True, trace_events=TE10))
+    with pytest.raises(TraceParseError, match=rf":{n}: timestamp steps back"):
+        list(iter_events(f, strict=True, trace_events=TE10, names=NAMES))
+    _follower_raises(f, TE10, n, "timestamp steps back")
+    # Not strict: one BadLine for the step, then the reading goes on from there.
+    bad = [e for e in iter_events(f, trace_events=TE10) if isinstance(e, BadLine)]
+    assert [b.line for b in bad] == [n]
+
+
+def test_a_garbage_descriptor_is_a_bad_line_or_an_invalid_descriptor(tmp_path: Path) -> None:
+    lines = _ts_lines()
+    i = next(n for n, ln in enumerate(lines) if "vtd_inv_desc " in ln)
+    # 17 hex digits: no uint64_t QEMU prints; reserved type 0xf: a descriptor QEMU logs.
+    wide = re.sub(r"low 0x[0-9a-f]+", "low 0x1ffffffffffffffff", lines[i])
+    reserved = re.sub(r"low 0x[0-9a-f]+", "low 0xf", lines[i])
+    f = _write(tmp_path, lines[:i] + [wide] + lines[i + 1:])
+    _both_paths_raise(f, TE10, i + 1, "arguments do not match")
+    (ev,) = [e for e in iter_events(_write(tmp_path, [reserved]), trace_events=TE10) if isinstance(e, InvDesc)]
+    d = ev.decode(caps=QEMU_10_SM_CAPS)
+    assert isinstance(d, InvalidDescriptor) and "unknown type 0xf" in d.reason
