@@ -127,6 +127,16 @@ class GuestMemory:
         size = p.stat().st_size
         if size == 0:
             raise ConfigError(f"guest memory file {p} is empty")
+        if regions is not None:
+            # A file shorter than the guest's RAM (cut, or the VM given more memory than
+            # the file holds): name it here, not as an anonymous backing size below.
+            need = max((r.file_offset + r.size for r in (
+                r if isinstance(r, Region) else Region(*r) for r in regions)), default=0)
+            if size < need:
+                raise ConfigError(
+                    f"guest memory file {p} is {size:#x} bytes, shorter than the guest's RAM "
+                    f"({need:#x} bytes); use the file QEMU's memory-backend-file wrote for this "
+                    "VM, or give the guest's real memory size")
         fd = os.open(p, os.O_RDWR if writable else os.O_RDONLY)
         try:
             mm = mmap.mmap(fd, size, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
