@@ -6,7 +6,7 @@ PY        := $(VENV)/bin/python
 ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap smoke test check bench lint clean
+.PHONY: bootstrap smoke test check fuzz bench lint clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -27,6 +27,14 @@ test: lint
 ## The quick loop: lint and the tests that start no QEMU, no guest and no sshd (under a minute).
 check: lint
 	$(PY) -m pytest -m "not slow and not qemu and not sshd" -p no:cacheprovider -q -n 2 --timeout 120 $(PYTEST_ARGS)
+
+## Hypothesis fuzzing of the trace reader, the codecs and the walk (tests/fuzz) with
+## FUZZ_EXAMPLES per test (9 tests: >= 100,000 in all), new inputs each run, no database
+## left behind; prints the total examples run. `make check` runs the same tests, 50 each.
+FUZZ_EXAMPLES ?= 12000
+fuzz: bootstrap
+	SVMVAL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/fuzz -m fuzz -p no:cacheprovider -q \
+		--timeout 3000 $(PYTEST_ARGS)
 
 ## Speed and memory targets: model throughput, trace checking, SVM bandwidth.
 bench: bootstrap
