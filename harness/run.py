@@ -56,6 +56,7 @@ from harness.trace.events import PrqDesc
 from harness.trace.follow import EventLog, TraceFollower
 from harness.trace.formats import declarations_of
 from harness.trace.parser import TraceParseError
+from harness.viommu.first_stage import FS_RW
 from reports.bundle import Bundle, Manifest
 from workloads.protocol import HOLD_ENV, HoldPoint, parse_result_line
 from workloads.protocol import SCHEMA as WORKLOADS_SCHEMA
@@ -63,6 +64,7 @@ from workloads.protocol import SCHEMA as WORKLOADS_SCHEMA
 Say = Callable[[str], None]
 HOLD_DIR = "/tmp/svmval-hold"
 HOLD_WORKLOAD = "edu_dma"
+FAULT_WORKLOADS = ("edu_dma_fault",)  # the workloads that provoke a DMA fault on purpose
 GUEST_ENV = {"POCL_CACHE_DIR": POCL_CACHE_DIR, "PYTHONDONTWRITEBYTECODE": "1"}
 # How a run gets its guest: given the bundle (for preflight and manifest facts) and a
 # progress callback, a context manager that yields the booted session.
@@ -160,7 +162,8 @@ def run(
     if seed is not None:
         mf.host["seeded_bug"] = {"name": seed.name, "what": seed.what, "must_fail": seed.fails}
         if seed.qemu_args and not host.is_local:
-            raise ConfigError(f"--seed-bug {seed.name} plants the bug in the local lab's svmval-sva device")
+            raise ConfigError(f"--seed-bug {seed.name} plants the bug in the local lab's svmval-sva device; "
+                              "run it with --host local")
     try:
         if host.is_local:  # a lab host's own OpenCL device is not reached yet (see README)
             record.stage("host baseline")
@@ -176,7 +179,7 @@ def run(
             mf.durations["boot_s"] = round(time.monotonic() - t0, 1)
             mf.qemu = g.qemu.describe()
             bundle.save()
-            run_in_guest(g, record, workloads, say, seed is not None and seed.stale_pte)
+            run_in_guest(g, record, workloads, say, seed)
             record.stage("stopping the guest")
         mf.durations["vm_s"] = round(time.monotonic() - t0, 1)
         record.stage("done")
@@ -234,7 +237,7 @@ def close_run(record: RunRecord) -> None:
 
 
 def run_in_guest(
-    g: GuestSession, record: RunRecord, names: list[str] | None, say: Say, seed_stale_pte: bool = False, *,
+    g: GuestSession, record: RunRecord, names: list[str] | None, say: Say, seed: SeedBug | None = None, *,
     hold: bool = True,
 ) -> None:
     """Workloads and checks in a booted guest (`hold=False` runs edu_dma without its
@@ -256,7 +259,7 @@ def run_in_guest(
         if hold and HOLD_WORKLOAD in selected:
             say(f"{HOLD_WORKLOAD}: DMA through the vIOMMU, checked while the buffers are mapped")
             record.stage(f"workload {HOLD_WORKLOAD} (held)")
-            _held_run(g, record, judge, seed_stale_pte)
+            _held_run(g, record, judge, seed)
         rest = [n for n in selected if n != HOLD_WORKLOAD or not hold]
         if rest:
             say(f"running {len(rest)} workloads in the guest")
@@ -317,7 +320,7 @@ def _run_catalog(ch: GuestChannel, record: RunRecord, names: list[str]) -> None:
         })
 
 
-def _held_run(g: GuestSession, record: RunRecord, judge: TraceJudge, seed_stale_pte: bool) -> None:
+def _held_run(g: GuestSession, record: RunRecord, judge: TraceJudge, seed: SeedBug | None) -> None:
     ch = g.channel
     out = "/tmp/svmval-edu.json"
     ch.run(
@@ -327,6 +330,7 @@ def _held_run(g: GuestSession, record: RunRecord, judge: TraceJudge, seed_stale_
         env=GUEST_ENV,
     )
     point = HoldPoint(PurePosixPath(HOLD_DIR), HOLD_WORKLOAD)
+    held_checks = False
     deadline = time.monotonic() + 300
     while ch.run(f"test -e {point.ready}").exit_code != 0:
         if ch.run(f"test -e {out}").exit_code == 0:
@@ -346,7 +350,10 @@ def _held_run(g: GuestSession, record: RunRecord, judge: TraceJudge, seed_stale_
                 record.check(_not_judged("qi-completeness", f"{HOLD_WORKLOAD} (held)", exc))
             else:
                 record.check(_translation_check(g, judge, held))
-                record.check(_held_qi_check(g, judge, held, seed_stale_pte))
+                record.check(_held_qi_check(g, judge, held, seed is not None and seed.stale_pte))
+            held_checks = True
+            if seed is not None and seed.stale_use:
+                _seed_stale_use(g, judge, held)
         finally:
             g.machine.resume()
         ch.run(f"touch {point.release}")
@@ -362,6 +369,31 @@ def _held_run(g: GuestSession, record: RunRecord, judge: TraceJudge, seed_stale_
     record.runner_facts(doc)
     for result in doc["results"]:
         record.workload(result)
+    if not held_checks:
+        # Nothing judged is an ERROR naming why, never a silently missing check.
+        why = "; ".join(f"{r['name']} {r['verdict']}: {r.get('reason') or 'no reason given'}"
+                        for r in doc["results"]) or "it reported no result"
+        for name, workload in (("translation", HOLD_WORKLOAD), ("qi-completeness", f"{HOLD_WORKLOAD} (held)")):
+            record.check(CheckResult(
+                name=name, verdict=Verdict.ERROR, traffic=Traffic.REAL, workload=workload,
+                summary=f"not judged: {HOLD_WORKLOAD} never held its DMA mappings for the host to walk ({why})"))
+
+
+def _seed_stale_use(g: GuestSession, judge: TraceJudge, held: dict[str, Any]) -> None:
+    """--seed-bug stale-use: with the guest paused after the held checks, take write
+    permission away from the PTEs of the pages edu_dma reads again after its hold, and
+    issue no invalidation. The device's reads then hit its cached (writable) entries:
+    stale uses only the check across time can see, as the guest's own unmap
+    invalidates them before the final pause. (Permission, not the address: VFIO's unmap
+    looks the physical page up in these PTEs to unpin it.)"""
+    root = judge.replay.root
+    if root is None:
+        raise GuestError("--seed-bug stale-use: the trace has no root-table pointer to find the PTEs by")
+    memory = g.machine.guest_memory(writable=True)
+    sid = int(held["sid"])
+    for gva in held.get("read_again", []):
+        at, old = first_stage_leaf(memory, root, sid, int(gva))
+        memory.write_u64(at, old & ~FS_RW)
 
 
 @dataclass
@@ -430,6 +462,10 @@ def _final_checks(g: GuestSession, judge: TraceJudge, results: dict[str, Any]) -
         for r in results["results"]
         if r.get("fault_iova") is not None and r["verdict"] == "pass"
     ]
+    provokers = [r for r in results["results"] if r["name"] in FAULT_WORKLOADS]
+    none_provoked = ("no workload that provokes a fault ran (" + ", ".join(FAULT_WORKLOADS) + " were not selected)"
+                     if not provokers else "no workload provoked a fault: " + "; ".join(
+                         f"{r['name']} {r['verdict']}: {r.get('reason') or 'no reason given'}" for r in provokers))
     try:
         judge.follower.catch_up()
     except TraceParseError as exc:
@@ -438,7 +474,7 @@ def _final_checks(g: GuestSession, judge: TraceJudge, results: dict[str, Any]) -
         requested = frozenset((e.sid, e.addr & ~0xFFF) for e in judge.prq.events if isinstance(e, PrqDesc))
         checks = [judge.replay.finish(memory, started=t0),
                   check_faults(judge.faults.events, expected, memory, judge.replay.root, g.machine.console_text(),
-                               requested)]
+                               requested, walks=judge.replay.fault_walks, none_provoked=none_provoked)]
     if g.qemu.has_device(SVA_DEVICE):
         checks.append(_real_prq_check(judge, results))
         return checks

@@ -16,6 +16,7 @@ class SeedBug:
     fails: str  # the check (or workload) that must FAIL on it
     qemu_args: tuple[str, ...] = ()  # appended to QEMU's command line
     stale_pte: bool = False  # retarget a PTE edu_dma holds, with no invalidation
+    stale_use: bool = False  # take write away from PTEs edu_dma reads again after its hold
     workloads: tuple[str, ...] = ()  # the workloads that make the traffic it needs
 
 
@@ -23,6 +24,11 @@ SEED_BUGS: dict[str, SeedBug] = {b.name: b for b in (
     SeedBug("stale-pte", "a first-stage PTE of a page the device just used is changed in guest RAM with no "
             "invalidation (restored before the guest runs on)", "qi-completeness (edu_dma held)",
             stale_pte=True, workloads=("edu_dma",)),
+    SeedBug("stale-use", "after the host's pause at edu_dma's hold point, the first-stage PTEs of the 8 "
+            "pages the device reads lose their write permission in guest RAM with no invalidation; the "
+            "device reads them again from the IOTLB (8 stale uses); the guest invalidates them later, "
+            "when it unmaps them", "qi-completeness (the final one: STALE USE, once per page)",
+            stale_use=True, workloads=("edu_dma",)),
     SeedBug("device-ignores-invalidation", "the svmval-sva device keeps its ATC entries when the guest "
             "invalidates them (device-IOTLB), so it reads and writes pages the process no longer maps",
             "sva_munmap_remap (it sees the old page's data)",

@@ -28,6 +28,23 @@ class HostView:
     gpa2hva: Callable[[int], int]
     gpa2hpa: Callable[[int], int]
     hva2hpa: Callable[[int], int | None]
+    accel: str = "tcg"  # QEMU's -accel: under TCG no device reaches host RAM by HPA
+
+    @property
+    def hpa_leg(self) -> str:
+        """What comparing QEMU's pagemap with its gpa2hpa shows, said honestly."""
+        if self.accel == "kvm":
+            return "HPA from the host's real page table (the QEMU process's pagemap), against QEMU's gpa2hpa"
+        return (f"HPA under {self.accel.upper()}: QEMU's own view (its pagemap and its gpa2hpa read the same "
+                "table), a consistency check only")
+
+
+def accel_of(argv: list[str]) -> str:
+    """The accelerator a QEMU command line asks for (TCG when it names none)."""
+    for i, word in enumerate(argv[:-1]):
+        if word == "-accel":
+            return argv[i + 1].split(",")[0]
+    return "tcg"
 
 
 class VmControl(Protocol):

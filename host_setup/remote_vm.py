@@ -34,7 +34,7 @@ from harness.qemu.machine import QmpControl
 from harness.qemu.probe import QemuInfo, parse_probe
 from harness.qemu.profiles import Profile, VmSpec, build_argv, trace_events_text
 from harness.remote import SshTarget
-from harness.session import HostView
+from harness.session import HostView, accel_of
 from harness.viommu.memory import GuestMemory, Region, q35_regions
 from host_setup.provision import LabHost, QemuProcess
 from workloads.pages import pagemap_address
@@ -107,6 +107,7 @@ class RemoteMachine(QmpControl):
         self.t, self.lab, self.run_dir, self.memory_mib = t, lab, run_dir, memory_mib
         self.ram_path = ram_path  # VmSpec.ram_path: run_dir/guest-ram, or a hugepages file
         self.proc: QemuProcess | None = None
+        self.accel = "tcg"  # set from the command line at launch
         self.qmp: QEMUMonitorProtocol | None = None
 
     def attach_qmp(self, remote_socket: str, local_socket: Path) -> None:
@@ -128,7 +129,7 @@ class RemoteMachine(QmpControl):
                 self.qmp = None
 
     def host_view(self) -> HostView:
-        return HostView(self.gpa2hva, self.gpa2hpa, self._hva2hpa)
+        return HostView(self.gpa2hva, self.gpa2hpa, self._hva2hpa, self.accel)
 
     def _hva2hpa(self, hva: int) -> int | None:
         """QEMU's own pagemap entry for `hva`, read on the host (root only)."""
@@ -147,6 +148,7 @@ class RemoteMachine(QmpControl):
                f"echo $!; }}")
         pid = int(self.t.check(cmd).strip())
         self.proc = QemuProcess(pid, tag)
+        self.accel = accel_of(argv)
         self.lab.note_qemu(pid, tag)
 
     def is_running(self) -> bool:

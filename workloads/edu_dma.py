@@ -195,12 +195,13 @@ def _open_edu() -> EduVfio:
     return EduVfio(dev)
 
 
-def _hold(result: Result, name: str) -> None:
-    """Let the host inspect live mappings (workloads/protocol.py's hold point)."""
+def _hold(result: Result, name: str, read_again: list[int]) -> None:
+    """Let the host inspect live mappings (workloads/protocol.py's hold point);
+    `read_again`: the pages the device reads once more after it."""
     point = HoldPoint.from_env(name)
     if point is None:
         return
-    point.announce({"sid": result.extra["sid"], "pages": result.pages})
+    point.announce({"sid": result.extra["sid"], "pages": result.pages, "read_again": read_again})
     check(point.wait_for_release(), "the host never released the hold point")
 
 
@@ -231,15 +232,21 @@ def edu_dma(env: Env | None, res: Result) -> None:
         got = bytes(dst_map[:])
         differ = sum(a != b for a, b in zip(got, pattern, strict=True))
         check(got == pattern, f"edu moved wrong data: {differ} bytes differ")
-        for base, buf in ((src, src_map), (dst, dst_map)):
+        for base, buf, access in ((src, src_map, "read"), (dst, dst_map, "write")):
             for i in range(pages):
                 va = base + i * PAGE
                 res.pages.append({
-                    "gva": va, "size": PAGE, "gpa": gpa_of(va),
+                    "gva": va, "size": PAGE, "gpa": gpa_of(va), "access": access,
                     "sha256": hashlib.sha256(buf[i * PAGE : (i + 1) * PAGE]).hexdigest(),
                 })
         res.pages_total = 2 * pages
-        _hold(res, "edu_dma")
+        again = [src + i * PAGE for i in range(pages)]
+        _hold(res, "edu_dma", again)
+        # The device uses the mappings once more after the host's pause (from the IOTLB):
+        # a translation changed meanwhile without an invalidation is a stale use the
+        # host's check across time must see.
+        for i, va in enumerate(again):
+            check(edu.dma(va, EDU_BUF, PAGE, to_ram=False), f"page {i}: DMA read after the hold never finished")
     finally:
         for base in (src, dst):
             try:

@@ -1,20 +1,25 @@
 """DMA faults: the ones a workload provokes must be recorded right; no others may occur.
 
 A DMA to an address the guest never mapped must not reach memory and must be
-recorded by the unit with the reason the spec gives (the model walks the same
-guest tables to say which), and the guest kernel must report it. Any fault that
-no workload asked for is a non-recoverable fault in a run that should have none.
+recorded by the unit with the reason and direction the spec gives, and the guest
+kernel must report it. The expected reason comes from the model walking the guest's
+tables as they were at the fault: the entries QEMU's walk read just before it
+(svmval's QEMU traces them, patches/0003-*); with a stock QEMU, from the tables in
+guest RAM at the end of the run (the result says which). Any fault that no
+workload asked for is a non-recoverable fault in a run that should have none.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from harness.checks.walks import model_walk
 from harness.results import CheckResult, Finding, Traffic, Verdict
-from harness.trace.events import DmarFault, FrrNew, TraceEvent
+from harness.trace.events import DmarFault, FrrNew, FsWalkEntry, TraceEvent
 from harness.viommu import FaultReason, GuestMemory, VtdModel
 
 PAGE_MASK = ~0xFFF
@@ -38,12 +43,18 @@ def check_faults(
     root: int | None,
     console: str,
     requested: frozenset[tuple[int, int]] = frozenset(),
+    walks: Mapping[int, Sequence[FsWalkEntry]] | None = None,
+    none_provoked: str = "no workload provoked a fault",
 ) -> CheckResult:
     """`requested`: (sid, page) pairs a device asked for with a page request after its
     ATS translation request found them not present. QEMU also records those as DMA
     faults, though the spec answers a translation request in its completion and a
     recoverable miss is not a fault record: they are counted as that divergence, not
-    reported as unexpected faults."""
+    reported as unexpected faults.
+
+    `walks`: trace line of a DMA fault -> the entries QEMU's walk read for it.
+    `none_provoked`: why no fault was provoked, when none was (the check is then an
+    ERROR: the recording leg had nothing to judge)."""
     t0 = time.monotonic()
     faults = [ev for ev in events if isinstance(ev, DmarFault | FrrNew)]
     dmar = [ev for ev in faults if isinstance(ev, DmarFault)]
@@ -59,6 +70,8 @@ def check_faults(
         model.enable(root, scalable=True)
     findings: list[Finding] = []
     claimed: set[int] = set()
+    walks = walks or {}
+    legs = Counter[str]()
     for exp in expected:
         page = exp.iova & PAGE_MASK
         hits = [ev for ev in dmar if ev.sid == exp.sid and ev.addr & PAGE_MASK == page]
@@ -67,9 +80,19 @@ def check_faults(
             continue
         ev = hits[0]
         claimed.update(id(h) for h in hits)
-        if model is not None:
-            walk = model.walk(exp.sid, exp.iova, write=exp.write, update_ad=False)
-            want = walk.fault
+        if ev.is_write != exp.write:
+            findings.append(Finding(
+                f"{exp.workload}: the unit recorded a DMA {'write' if ev.is_write else 'read'}, the device "
+                f"made a {'write' if exp.write else 'read'}", trace_lines=(ev.line,)))
+        want: FaultReason | None = None
+        judged = False
+        if ev.line in walks:
+            legs["reason_from_walk_at_fault"] += 1
+            want, judged = model_walk(walks[ev.line], write=exp.write).fault, True
+        elif model is not None:
+            legs["reason_from_tables_at_end"] += 1
+            want, judged = model.walk(exp.sid, exp.iova, write=exp.write, update_ad=False).fault, True
+        if judged:
             if want is None:
                 findings.append(
                     Finding(f"{exp.workload}: the model says {exp.iova:#x} is mapped, QEMU faulted it "
@@ -99,15 +122,24 @@ def check_faults(
                         trace_lines=(ev.line,))
             )
     counts = {"expected": len(expected), "dmar_faults": len(dmar), "fault_records": len(records),
-              "console_reports": len(console_lines), "ats_misses_recorded": ats_recorded}
+              "console_reports": len(console_lines), "ats_misses_recorded": ats_recorded, **legs}
+    summary = (f"{len(expected)} provoked faults, {len(dmar)} recorded by the unit, "
+               f"{len(console_lines)} reported by the guest"
+               + (f"; {ats_recorded} of them ATS misses the device then page-requested (QEMU records "
+                  "those too: a divergence, not a finding)" if ats_recorded else ""))
+    if legs["reason_from_walk_at_fault"]:
+        summary += f"; {legs['reason_from_walk_at_fault']} reasons judged on the tables as they were at the fault"
+    if legs["reason_from_tables_at_end"]:
+        summary += f"; {legs['reason_from_tables_at_end']} on the tables at the end of the run (no walk traced)"
+    verdict = Verdict.FAIL if findings else Verdict.PASS
+    if not expected and not findings:
+        verdict = Verdict.ERROR
+        summary = f"not judged: {none_provoked}, so the unit's recording of faults was not tested; " + summary
     return CheckResult(
         name="faults",
-        verdict=Verdict.FAIL if findings else Verdict.PASS,
+        verdict=verdict,
         traffic=Traffic.REAL,
-        summary=f"{len(expected)} provoked faults, {len(dmar)} recorded by the unit, "
-                f"{len(console_lines)} reported by the guest"
-                + (f"; {ats_recorded} of them ATS misses the device then page-requested (QEMU records "
-                   "those too: a divergence, not a finding)" if ats_recorded else ""),
+        summary=summary,
         counts=counts,
         findings=tuple(findings),
         duration_s=time.monotonic() - t0,

@@ -14,6 +14,18 @@ catch).
 It also reports descriptors the unit must reject, invalidation waits that never
 completed (a status write or completion interrupt that QEMU never did) and uses
 of cache entries the replay had already invalidated (QEMU and the spec disagree).
+
+Across time (svmval's QEMU, patches/0003-*): every first-stage entry each walk
+read is in the trace, and every IOTLB hit says whether the entries its cached
+translation came from still give it. So every use is judged, not only what is
+still cached at a pause: a hit whose source changed (address, presence, page
+size, or a right taken away) with no covering invalidation since the fill is
+a STALE USE the guest caused (it changed its tables and did not invalidate
+before the device used them); one after a covering invalidation is the unit
+keeping what it was told to drop. And every fill is walked again by the model
+over the very entries QEMU read (harness/checks/walks.py): the model
+differential on every translation of the run. With a stock QEMU only the
+pause-point comparison runs; the result says which.
 """
 
 from __future__ import annotations
@@ -23,14 +35,18 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from harness.checks.walks import change_kind, fill_mismatch
 from harness.results import DATA_INV_TO_USE, DATA_INV_TO_USE_UNIT, CheckResult, Finding, Traffic, Verdict
 from harness.trace.events import (
+    DmarFault,
     DmarTranslate,
+    FsWalkEntry,
     GenericEvent,
     InvDesc,
     InvDescWaitIrq,
     InvDescWaitSw,
     InvDescWaitWriteFail,
+    IotlbHitSource,
     IotlbPageHit,
     IotlbPageUpdate,
     RegDmarRoot,
@@ -60,6 +76,9 @@ class _Fill:
     pte: int
     size: int = 4096
     last_use: int = 0
+    walk: tuple[FsWalkEntry, ...] = ()  # what QEMU's walk read for it (svmval's QEMU)
+    replayed: bool = True  # False: a PASID-tagged device's fill, judged but not cached here
+    sized: bool = False  # a vtd_dmar_translate gave its page size
 
 
 @dataclass
@@ -83,6 +102,11 @@ class QiReplay:
     _pending: _Fill | None = None
     _waits: list[tuple[int, dsc.WaitDesc]] = field(default_factory=list)
     _dropped_at: dict[tuple[int, int], int] = field(default_factory=dict)  # page -> inv line
+    _walk: list[FsWalkEntry] = field(default_factory=list)  # the walk in progress
+    _last_hit: tuple[IotlbPageHit, bool] | None = None  # (hit, its entry still valid in the replay)
+    # The walk that ended in each DMA fault (trace line of the fault -> entries read): the
+    # tables as they were at the fault, for the faults check.
+    fault_walks: dict[int, tuple[FsWalkEntry, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # The replay's caches are a model's caches: the same rules as the judge's.
@@ -102,16 +126,38 @@ class QiReplay:
     def feed(self, events: Iterable[TraceEvent]) -> None:
         for ev in events:
             self.counts["events"] += 1
-            if isinstance(ev, IotlbPageUpdate | IotlbPageHit) and ev.sid in self.pasid_sids:
+            if isinstance(ev, FsWalkEntry):
+                w = self._walk
+                if w and (w[-1].iova != ev.iova or ev.level >= w[-1].level):
+                    self._end_walk()
+                w.append(ev)
+                continue
+            if isinstance(ev, IotlbHitSource):
+                self._hit_source(ev)
+                continue
+            if isinstance(ev, DmarFault):
+                if self._walk and self._walk[-1].iova == ev.addr:
+                    self.fault_walks[ev.line] = tuple(self._walk)
+                    self._walk.clear()
+                continue
+            if isinstance(ev, IotlbPageHit) and ev.sid in self.pasid_sids:
                 self.counts["pasid_device_events"] += 1
+                self.counts["pasid_hits"] += 1
+                self._last_hit = None
                 continue
             if isinstance(ev, IotlbPageUpdate):
                 self._flush_pending()
-                self._pending = _Fill(ev.line, ev.sid, ev.domain, ev.iova, ev.slpte)
+                walk: tuple[FsWalkEntry, ...] = ()
+                if self._walk and self._walk[-1].iova == ev.iova:
+                    walk = tuple(self._walk)
+                    self._walk.clear()
+                self._pending = _Fill(ev.line, ev.sid, ev.domain, ev.iova, ev.slpte, walk=walk,
+                                      replayed=ev.sid not in self.pasid_sids)
             elif isinstance(ev, DmarTranslate):
                 p = self._pending
                 if p is not None and p.sid == ev.sid and (p.iova & ~ev.mask) == ev.iova & ~ev.mask:
                     p.size = ev.mask + 1
+                    p.sized = True
                 self._flush_pending()
                 self.counts["translations"] += 1
             elif isinstance(ev, IotlbPageHit):
@@ -143,11 +189,29 @@ class QiReplay:
                 self.counts["qemu_iotlb_resets"] += 1
         self._flush_pending()
 
+    def _end_walk(self) -> None:
+        """A walk that ended in neither a fill nor a DMA fault (e.g. a translation QEMU
+        refused for the interrupt range, or a fault it did not record: FPD)."""
+        self.counts["walks_without_fill"] += 1
+        self._walk.clear()
+
     def _flush_pending(self) -> None:
         p = self._pending
         if p is None:
             return
         self._pending = None
+        if p.walk:
+            self.counts["fills_walked"] += 1
+            why = fill_mismatch(p.walk, p.pte, p.size if p.sized else None)
+            if why is not None:
+                self.counts["model_mismatches"] += 1
+                self.findings.append(Finding(
+                    f"model differential: sid {p.sid:#x} iova {p.iova:#x}: {why}",
+                    trace_lines=(p.walk[0].line, p.line)))
+        if not p.replayed:
+            self.counts["pasid_device_events"] += 1
+            self.counts["pasid_fills"] += 1
+            return
         page = p.iova & ~(p.size - 1)
         key = (p.did, page)
         old = self._entries.get(key)
@@ -179,6 +243,7 @@ class QiReplay:
     def _hit(self, ev: IotlbPageHit) -> None:
         self.counts["hits"] += 1
         entry = self.caches.iotlb_lookup(ev.domain, self.pasid, ev.iova)
+        self._last_hit = (ev, entry is not None)
         if entry is None:
             # QEMU answered from a cache entry the spec says is gone.
             self.findings.append(
@@ -193,6 +258,35 @@ class QiReplay:
         fill = self._entries.get((ev.domain, entry.page_base))
         if fill is not None:
             fill.last_use = ev.line
+
+    def _hit_source(self, ev: IotlbHitSource) -> None:
+        """Judge one use: did the translation the hit served still come from the guest's
+        tables? (QEMU traces this right after the hit it belongs to.)"""
+        self.counts["hits_source_checked"] += 1
+        hit, self._last_hit = self._last_hit, None
+        if not ev.changed:
+            return
+        why = change_kind(ev.filled, ev.now)
+        if why is None:
+            self.counts["hits_after_grant"] += 1  # only more rights: a cached narrower one is harmless
+            return
+        where = (f"sid {ev.sid:#x} pasid {ev.pasid:#x} iova {ev.iova:#x}: its level-{ev.changed} entry at "
+                 f"{ev.addr:#x} {why} since the fill")
+        lines = (hit[0].line, ev.line) if hit is not None else (ev.line,)
+        if hit is None:
+            # A PASID-tagged device's hit: its fills are judged, not cached by this replay.
+            self.counts["stale_uses"] += 1
+            self.findings.append(Finding(
+                f"STALE USE: {where}, and no invalidation reaching the unit dropped it before the "
+                f"device used it", trace_lines=lines))
+        elif hit[1]:
+            self.counts["stale_uses"] += 1
+            self.findings.append(Finding(
+                f"STALE USE (the guest missed an invalidation): {where}, and no invalidation covering "
+                f"it came between the change and this use", trace_lines=lines))
+        else:
+            # Already a finding of its own (the hit after a covering invalidation).
+            self.counts["stale_uses_after_invalidation"] += 1
 
     def _descriptor(self, ev: InvDesc) -> None:
         self.counts["descriptors"] += 1
@@ -260,8 +354,11 @@ class QiReplay:
         """Judge what is still cached against guest RAM (the guest must be paused)."""
         t0 = started if started is not None else time.monotonic()
         self._expire_waits()
-        self.counts["waits_pending"] += 0  # present in the counts even when zero
-        self.counts["cached_judged"] += 0
+        if self._walk:
+            self._end_walk()
+        for key in ("waits_pending", "cached_judged", "stale_uses", "hits_source_checked", "fills_walked",
+                    "model_mismatches"):
+            self.counts[key] += 0  # present in the counts even when zero
         missing = []  # nothing judged is an ERROR naming what was missing, never a PASS
         if not self.counts["descriptors"]:
             missing.append("the trace has no invalidation descriptors (vtd_inv_desc): was QEMU traced "
@@ -271,18 +368,20 @@ class QiReplay:
                            "cannot be compared with the guest's tables in RAM: was tracing on from boot?")
         if memory is not None and self.root is not None:
             self._judge_cached(memory)
-        stale = self.counts["stale_cached"] + self.counts["stale_refills"]
+        stale = self.counts["stale_cached"] + self.counts["stale_refills"] + self.counts["stale_uses"]
         bad = len(self.findings)
+        mode = self.mode()
         if missing:
             return CheckResult(
                 name="qi-completeness", verdict=Verdict.ERROR, traffic=Traffic.REAL,
                 summary="not judged: " + "; ".join(missing), counts=dict(self.counts),
-                findings=tuple(self.findings[:200]), duration_s=time.monotonic() - t0)
+                findings=tuple(self.findings[:200]), duration_s=time.monotonic() - t0,
+                data={"mode": mode})
         summary = (
             f"{self.counts['descriptors']} descriptors, {self.counts['fills']} IOTLB fills, "
             f"{self.counts['hits']} hits replayed; {stale} stale translations, "
             f"{self.counts['invalid_descriptors']} invalid descriptors, "
-            f"{self.counts['waits_pending']} waits never completed"
+            f"{self.counts['waits_pending']} waits never completed; {mode}"
         )
         if self.counts["pasid_device_events"]:
             summary += (f"; {self.counts['pasid_device_events']} PASID-tagged fills/hits of the svmval-sva "
@@ -295,8 +394,19 @@ class QiReplay:
             counts=dict(self.counts),
             findings=tuple(self.findings[:200]),
             duration_s=time.monotonic() - t0,
-            data={DATA_INV_TO_USE: self.inv_to_use, DATA_INV_TO_USE_UNIT: "trace lines"},
+            data={DATA_INV_TO_USE: self.inv_to_use, DATA_INV_TO_USE_UNIT: "trace lines", "mode": mode},
         )
+
+    def mode(self) -> str:
+        """Which legs ran: across time (every use and fill judged) or pause points only."""
+        c = self.counts
+        uses = c["hits"] + c["pasid_hits"]
+        if not c["hits_source_checked"] and not c["fills_walked"]:
+            return ("judged at pause points only: this QEMU traces no walk sources "
+                    "(vtd_fs_walk_entry / vtd_iotlb_hit_source: svmval's QEMU has them)")
+        return (f"judged across time: {c['hits_source_checked']} of {uses} IOTLB hits checked against "
+                f"their source entries, {c['fills_walked']} of {c['fills'] + c['pasid_fills']} fills walked "
+                f"again by the model ({c['model_mismatches']} disagree)")
 
     def _judge_cached(self, memory: GuestMemory) -> None:
         model = VtdModel(memory)
@@ -333,6 +443,7 @@ QI_EVENTS = (
     "vtd_iotlb_page_update", "vtd_dmar_translate", "vtd_iotlb_page_hit", "vtd_inv_desc",
     "vtd_inv_desc_wait_sw", "vtd_inv_desc_wait_irq", "vtd_inv_desc_wait_write_fail",
     "vtd_reg_write", "vtd_reg_dmar_root", "vtd_iotlb_reset",
+    "vtd_fs_walk_entry", "vtd_iotlb_hit_source", "vtd_dmar_fault",
 )
 
 

@@ -9,7 +9,14 @@ IOVA the device used, and the guest-physical address /proc/self/pagemap gave it)
    translation events gave the device for the same page;
 3. GPA -> HVA through the shared RAM file (and QEMU's gpa2hva), HVA -> HPA through
    /proc/<qemu>/pagemap, which must equal QEMU's gpa2hpa;
-4. the bytes at that place must hash to what the workload saw in the page.
+4. the bytes at that place must hash to what the workload saw in the page;
+5. the rights the tables give must allow what the device did with the page (its
+   ``access``: read or write, as a user-mode request without PASID: U/S must be
+   set at every level, R/W for a page it wrote).
+
+The HPA leg is labelled for what it is: under TCG QEMU's pagemap and its gpa2hpa
+read the same table (consistency only); on a KVM lab host it is the host's real
+page table of the QEMU process.
 
 Run it while the workload holds its mappings and the guest is paused.
 """
@@ -51,15 +58,21 @@ def check_translation(
     model = VtdModel(memory)
     model.enable(root, scalable=True)
     findings: list[Finding] = []
-    counts = {"pages": 0, "passed": 0, "failed": 0, "hpa_checked": 0, "qemu_checked": 0}
+    counts = {"pages": 0, "passed": 0, "failed": 0, "hpa_checked": 0, "qemu_checked": 0, "permissions_checked": 0}
     for page in pages:
         counts["pages"] += 1
         gva = int(page["gva"])
         problems: list[str] = []
         lines: tuple[int, ...] = ()
-        walk = model.walk(sid, gva, update_ad=False)
+        access = page.get("access", "read")
+        walk = model.walk(sid, gva, write=access == "write", update_ad=False)
+        if access in ("read", "write"):
+            counts["permissions_checked"] += 1
         if not walk.ok or walk.address is None:
-            problems.append(f"the guest's IOMMU tables do not map it (model: {walk.fault!r})")
+            denied = walk.fault is not None and walk.fault.name in ("SM_WRITE_DENIED", "SM_USER_DENIED")
+            problems.append(f"the device made a {access} of it, which the guest's IOMMU tables deny "
+                            f"(model: {walk.fault!r})" if denied
+                            else f"the guest's IOMMU tables do not map it (model: {walk.fault!r})")
             gpa = None
         else:
             gpa = walk.address
@@ -89,13 +102,16 @@ def check_translation(
             findings.append(Finding(f"{workload}: page {gva:#x}: " + "; ".join(problems), trace_lines=lines))
         else:
             counts["passed"] += 1
-    verdict = Verdict.FAIL if findings or not pages else Verdict.PASS
+    verdict = Verdict.FAIL if findings else Verdict.PASS
     summary = (
         f"{counts['passed']}/{counts['pages']} pages GVA->GPA->HPA consistent "
-        f"({counts['qemu_checked']} against QEMU's translations, {counts['hpa_checked']} to HPA)"
+        f"({counts['qemu_checked']} against QEMU's translations, {counts['permissions_checked']} with the "
+        f"rights the device used, {counts['hpa_checked']} to HPA"
+        + (f": {host.hpa_leg}" if host is not None and counts["hpa_checked"] else "") + ")"
     )
     if not pages:
-        summary = "the workload reported no pages: nothing to check"
+        verdict = Verdict.ERROR
+        summary = f"not judged: {workload} reported no pages it had the device use"
     return CheckResult(
         name="translation",
         verdict=verdict,

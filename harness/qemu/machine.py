@@ -23,7 +23,7 @@ from typing import Any
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from harness.errors import GuestError
-from harness.session import HostView
+from harness.session import HostView, accel_of
 from harness.viommu import GuestMemory
 from harness.viommu.memory import q35_regions
 from workloads.pages import physical_address
@@ -181,7 +181,7 @@ class Machine(QmpControl):
 
     def host_view(self) -> HostView:
         pid = self.pid or 0
-        return HostView(self.gpa2hva, self.gpa2hpa, lambda hva: physical_address(hva, pid))
+        return HostView(self.gpa2hva, self.gpa2hpa, lambda hva: physical_address(hva, pid), accel_of(self.argv))
 
     # -- guest memory ----------------------------------------------------------------
     def guest_memory(self, *, writable: bool = False) -> GuestMemory:

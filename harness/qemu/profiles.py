@@ -125,6 +125,8 @@ TRACE_EVENTS = (
     # svmval's QEMU only (host_setup/qemu_build/patches/0002): page requests and ATS.
     "vtd_prq_desc",
     "vtd_ats_translate",
+    # patches/0003: what each first-stage walk read (vtd_iotlb_hit_source is a vtd_iotlb_*).
+    "vtd_fs_walk_entry",
 )
 
 

@@ -410,5 +410,40 @@ class AtsTranslate(TraceEvent):
     perm: int
 
 
-TYPED_EVENTS = (*TYPED_EVENTS, PrqDesc, AtsTranslate)
+# svmval's QEMU (patches/0003-intel-iommu-trace-walk-source.patch): the time-ordered
+# record of what each first-stage walk read and of what a hit's source holds now.
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class FsWalkEntry(TraceEvent):
+    """One first-stage entry a walk read (``addr`` its GPA, ``entry`` its value as read,
+    before the walk set A/D); a walk's entries come top level first, then its fill
+    (vtd_iotlb_page_update) or its fault (vtd_dmar_fault)."""
+
+    EVENT: ClassVar[str] = "vtd_fs_walk_entry"
+    pasid: int
+    iova: int
+    level: int
+    addr: int
+    entry: int
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class IotlbHitSource(TraceEvent):
+    """After an IOTLB hit: ``changed`` is the first level whose entry no longer gives the
+    translation the IOTLB entry was filled from (0: all still do), at ``addr``, which held
+    ``filled`` at the fill and holds ``now``; ``levels`` entries were compared."""
+
+    EVENT: ClassVar[str] = "vtd_iotlb_hit_source"
+    sid: int
+    pasid: int
+    iova: int
+    levels: int
+    changed: int
+    addr: int
+    filled: int
+    now: int
+
+
+TYPED_EVENTS = (*TYPED_EVENTS, PrqDesc, AtsTranslate, FsWalkEntry, IotlbHitSource)
 TYPED_BY_NAME: dict[str, type[TraceEvent]] = {c.EVENT: c for c in TYPED_EVENTS}

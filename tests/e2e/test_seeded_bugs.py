@@ -56,3 +56,24 @@ def test_page_requests_that_never_close_their_group_fail_the_prq_check(host: Hos
     (prq,) = [c for c in outcome.checks if c.name == "prq"]
     assert prq.verdict is Verdict.FAIL, prq.summary
     assert any("never closed their group" in f.message and f.trace_lines for f in prq.findings), prq.findings[:3]
+
+
+def test_a_pte_changed_used_then_invalidated_later_is_a_stale_use(host: HostSpec, tmp_path: Path) -> None:
+    """The case a comparison at pause points misses: the change is invalidated (by the
+    guest's own unmap) before the final pause, but the device used the old translation
+    in between. Every seeded stale use must be caught, with the trace lines of the hit."""
+    outcome = _seeded(host, tmp_path, "stale-use")
+    assert not outcome.bundle.manifest.error, outcome.bundle.manifest.error
+    held = [c for c in outcome.checks if c.name == "qi-completeness" and c.workload == "edu_dma (held)"]
+    assert held and held[0].verdict is Verdict.PASS, held[0].findings[:3]  # the seed came after it
+    (final,) = [c for c in outcome.checks if c.name == "qi-completeness" and c.workload is None]
+    assert final.verdict is Verdict.FAIL
+    assert "judged across time" in final.summary
+    stale = [f for f in final.findings if f.message.startswith("STALE USE (the guest missed an invalidation)")]
+    (edu,) = [r for r in outcome.workloads["results"] if r["name"] == "edu_dma"]  # type: ignore[index]
+    seeded = {int(p["gva"]) for p in edu["pages"] if p["access"] == "read"}
+    caught = {int(f.message.split(" iova ")[1].split(":")[0], 16) for f in stale}
+    print(f"stale-use: {len(caught & seeded)} of {len(seeded)} seeded stale uses caught")
+    assert caught == seeded, (sorted(caught), sorted(seeded))
+    assert all(len(f.trace_lines) == 2 for f in stale)  # the hit and its source line
+    assert all("lost write permission" in f.message for f in stale)

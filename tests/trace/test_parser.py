@@ -272,8 +272,8 @@ def test_typed_events_have_tail_queue_semantics(plain: list) -> None:
 
 def test_every_typed_class_is_known_to_10_or_extra_or_svmvals_qemu() -> None:
     table = load_event_table(TE10)
-    # svmval's own QEMU adds observability events (host_setup/qemu_build/patches/0002).
-    patch = Path(__file__).resolve().parents[2] / "host_setup/qemu_build/patches/0002-intel-iommu-trace-ats-prq.patch"
-    added = {m.group(1) for m in re.finditer(r"^\+(vtd_\w+)\(", patch.read_text(), re.M)}
-    assert added == {"vtd_ats_translate", "vtd_prq_desc"}
+    # svmval's own QEMU adds observability events (host_setup/qemu_build/patches/0002, 0003).
+    patches = sorted((Path(__file__).resolve().parents[2] / "host_setup/qemu_build/patches").glob("*.patch"))
+    added = {m.group(1) for p in patches for m in re.finditer(r"^\+(vtd_\w+)\(", p.read_text(), re.M)}
+    assert added == {"vtd_ats_translate", "vtd_prq_desc", "vtd_fs_walk_entry", "vtd_iotlb_hit_source"}
     assert set(TYPED_BY_NAME) <= set(table.formats) | added
