@@ -107,7 +107,9 @@ class GuestChannel:
         """Run `cmd` through the guest's shell; stdout/stderr are collected whole, and
         `on_line` sees each stdout line as it arrives (before the command ends)."""
         if env:
-            cmd = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + cmd
+            # Exported, not prefixed: a prefix would reach only the first command of
+            # `cd DIR && python3 ...`.
+            cmd = "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + "; " + cmd
         t0 = time.monotonic()
         transport = self._client().get_transport()
         if transport is None:

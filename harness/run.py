@@ -38,7 +38,7 @@ from harness.checks.faults import ExpectedFault, check_faults
 from harness.checks.prq import check_prq_modelled
 from harness.checks.prq_real import PRQ_EVENTS, DeviceCounts, check_prq_real
 from harness.checks.qi import QiReplay
-from harness.checks.seed import first_stage_leaf, restore_pte, retarget_pte
+from harness.checks.seed import SeededPte, first_stage_leaf, restore_pte, retarget_pte
 from harness.checks.translation import check_translation, device_translations
 from harness.errors import ConfigError, EnvironmentBroken, GuestError, SvmvalError
 from harness.gitinfo import git_revision
@@ -327,7 +327,7 @@ def _held_run(g: GuestSession, record: RunRecord, judge: TraceJudge, seed: SeedB
         # Detached from the SSH session (stdin too), or the channel stays open with it.
         f"cd {GUEST_WORKDIR} && {HOLD_ENV}={HOLD_DIR} setsid nohup python3 -m workloads run "
         f"{HOLD_WORKLOAD} --json {out} < /dev/null > /tmp/svmval-edu.log 2>&1 &",
-        env=GUEST_ENV,
+        env={**GUEST_ENV, **dict(seed.guest_env if seed is not None else ())},
     )
     point = HoldPoint(PurePosixPath(HOLD_DIR), HOLD_WORKLOAD)
     held_checks = False
@@ -349,7 +349,12 @@ def _held_run(g: GuestSession, record: RunRecord, judge: TraceJudge, seed: SeedB
                 record.check(_not_judged("translation", HOLD_WORKLOAD, exc))
                 record.check(_not_judged("qi-completeness", f"{HOLD_WORKLOAD} (held)", exc))
             else:
-                record.check(_translation_check(g, judge, held))
+                wrong = _seed_wrong_translation(g, judge, held) if seed is not None and seed.wrong_translation else None
+                try:
+                    record.check(_translation_check(g, judge, held))
+                finally:
+                    if wrong is not None:
+                        restore_pte(g.machine.guest_memory(writable=True), wrong)
                 record.check(_held_qi_check(g, judge, held, seed is not None and seed.stale_pte))
             held_checks = True
             if seed is not None and seed.stale_use:
@@ -377,6 +382,18 @@ def _held_run(g: GuestSession, record: RunRecord, judge: TraceJudge, seed: SeedB
             record.check(CheckResult(
                 name=name, verdict=Verdict.ERROR, traffic=Traffic.REAL, workload=workload,
                 summary=f"not judged: {HOLD_WORKLOAD} never held its DMA mappings for the host to walk ({why})"))
+
+
+def _seed_wrong_translation(g: GuestSession, judge: TraceJudge, held: dict[str, Any]) -> SeededPte:
+    """--seed-bug wrong-translation: the first held page's PTE points 2 MiB away, for the
+    translation check only (put back before anything else runs)."""
+    root = judge.replay.root
+    if root is None or not held["pages"]:
+        raise GuestError("--seed-bug wrong-translation: no root-table pointer or no held page to retarget")
+    memory = g.machine.guest_memory(writable=True)
+    page = int(held["pages"][0]["gva"])
+    _at, old = first_stage_leaf(memory, root, int(held["sid"]), page)
+    return retarget_pte(memory, root, int(held["sid"]), page, (old & ~0xFFF) ^ 0x200000)
 
 
 def _seed_stale_use(g: GuestSession, judge: TraceJudge, held: dict[str, Any]) -> None:
@@ -458,9 +475,9 @@ def _final_checks(g: GuestSession, judge: TraceJudge, results: dict[str, Any]) -
     memory = g.machine.guest_memory()
     t0 = time.monotonic()
     expected = [
-        ExpectedFault(r["name"], int(r["sid"]), int(r["fault_iova"]), False)
-        for r in results["results"]
-        if r.get("fault_iova") is not None and r["verdict"] == "pass"
+        ExpectedFault(f"{r['name']} ({f['case']})", int(r["sid"]), int(f["iova"]), bool(f["write"]))
+        for r in results["results"] if r["verdict"] == "pass"
+        for f in r.get("faults", [])
     ]
     provokers = [r for r in results["results"] if r["name"] in FAULT_WORKLOADS]
     none_provoked = ("no workload that provokes a fault ran (" + ", ".join(FAULT_WORKLOADS) + " were not selected)"

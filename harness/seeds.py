@@ -17,6 +17,8 @@ class SeedBug:
     qemu_args: tuple[str, ...] = ()  # appended to QEMU's command line
     stale_pte: bool = False  # retarget a PTE edu_dma holds, with no invalidation
     stale_use: bool = False  # take write away from PTEs edu_dma reads again after its hold
+    wrong_translation: bool = False  # retarget a PTE edu_dma holds before the translation check
+    guest_env: tuple[tuple[str, str], ...] = ()  # set for edu_dma (workloads/edu_dma.py reads it)
     workloads: tuple[str, ...] = ()  # the workloads that make the traffic it needs
 
 
@@ -29,6 +31,13 @@ SEED_BUGS: dict[str, SeedBug] = {b.name: b for b in (
             "device reads them again from the IOTLB (8 stale uses); the guest invalidates them later, "
             "when it unmaps them", "qi-completeness (the final one: STALE USE, once per page)",
             stale_use=True, workloads=("edu_dma",)),
+    SeedBug("wrong-translation", "while edu_dma holds its mappings, the first-stage PTE of its first page "
+            "points to another page (restored before the guest runs on)",
+            "translation (edu_dma: the model's walk no longer gives the GPA the guest and QEMU used)",
+            wrong_translation=True, workloads=("edu_dma",)),
+    SeedBug("stray-dma", "edu_dma's driver makes one DMA read of a page it never mapped for the device "
+            "(a driver bug: the unit must block and record it)", "faults (an unexpected DMA fault)",
+            guest_env=(("SVMVAL_SEED", "stray-dma"),), workloads=("edu_dma",)),
     SeedBug("device-ignores-invalidation", "the svmval-sva device keeps its ATC entries when the guest "
             "invalidates them (device-IOTLB), so it reads and writes pages the process no longer maps",
             "sva_munmap_remap (it sees the old page's data)",

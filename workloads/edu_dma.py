@@ -18,6 +18,7 @@ import hashlib
 import mmap
 import os
 import struct
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +51,10 @@ REGION_BAR0, REGION_CONFIG = 0, 7
 PCI_COMMAND, PCI_COMMAND_MASTER = 0x04, 0x4
 
 
-def dma_map_struct(vaddr: int, iova: int, size: int) -> bytes:
+def dma_map_struct(vaddr: int, iova: int, size: int, writable: bool = True) -> bytes:
     """struct vfio_iommu_type1_dma_map {u32 argsz, flags; u64 vaddr, iova, size}"""
-    return struct.pack("=IIQQQ", 32, VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE, vaddr, iova, size)
+    flags = VFIO_DMA_MAP_FLAG_READ | (VFIO_DMA_MAP_FLAG_WRITE if writable else 0)
+    return struct.pack("=IIQQQ", 32, flags, vaddr, iova, size)
 
 
 def dma_unmap_struct(iova: int, size: int) -> bytes:
@@ -150,8 +152,8 @@ class EduVfio:
         fcntl.ioctl(self.fd, VFIO_DEVICE_GET_REGION_INFO, info)
         return parse_region_info(bytes(info))[1]
 
-    def map(self, vaddr: int, size: int) -> None:
-        fcntl.ioctl(self.container, VFIO_IOMMU_MAP_DMA, dma_map_struct(vaddr, vaddr, size))
+    def map(self, vaddr: int, size: int, writable: bool = True) -> None:
+        fcntl.ioctl(self.container, VFIO_IOMMU_MAP_DMA, dma_map_struct(vaddr, vaddr, size, writable))
 
     def unmap(self, iova: int, size: int) -> None:
         fcntl.ioctl(self.container, VFIO_IOMMU_UNMAP_DMA, bytearray(dma_unmap_struct(iova, size)))
@@ -229,6 +231,9 @@ def edu_dma(env: Env | None, res: Result) -> None:
             check(edu.dma(EDU_BUF, dst + i * PAGE, PAGE, to_ram=True), f"page {i}: DMA write never finished")
         elapsed = time.perf_counter() - t0
         res.bandwidth["edu_dma"] = round(2 * size / elapsed, 1)
+        if os.environ.get("SVMVAL_SEED") == "stray-dma":  # svmval run --seed-bug stray-dma only
+            stray = mmap.mmap(-1, PAGE)  # never mapped for the device
+            check(edu.dma(_addr(stray), EDU_BUF, PAGE, to_ram=False), "the seeded stray DMA never finished")
         got = bytes(dst_map[:])
         differ = sum(a != b for a, b in zip(got, pattern, strict=True))
         check(got == pattern, f"edu moved wrong data: {differ} bytes differ")
@@ -256,31 +261,67 @@ def edu_dma(env: Env | None, res: Result) -> None:
         edu.close()
 
 
-@workload("edu_dma_fault", "vIOMMU DMA fault (edu via VFIO)")
+@workload("edu_dma_fault", "vIOMMU DMA faults (edu via VFIO): not present, read-only")
 def edu_dma_fault(env: Env | None, res: Result) -> None:
-    """DMA from process memory that was never mapped for the device: its contents must
-    not reach the device; the IOMMU records a fault (the host checks the reason)."""
+    """DMA the IOMMU must block, one case per row (the host checks each fault's reason,
+    from the tables as they were at the fault, and its direction):
+    - a read of process memory never mapped for the device: its contents must not
+      reach the device;
+    - a write to process memory never mapped for it, and a write to a page mapped
+      read-only: neither may change the page.
+    The guest kernel must report each (the host reads its console)."""
     edu = _open_edu()
     secret_map = mmap.mmap(-1, PAGE)  # the process's, never VFIO-mapped
     secret_map[:] = b"\x5a" * PAGE
+    target_map = mmap.mmap(-1, PAGE)  # never VFIO-mapped: a write must not land
+    target_map[:] = b"\x3c" * PAGE
+    ro_map = mmap.mmap(-1, PAGE)  # mapped for the device read-only
+    ro_map[:] = b"\x96" * PAGE
     dst_map = mmap.mmap(-1, PAGE)
-    dst = _addr(dst_map)
-    secret = _addr(secret_map)
+    dst, secret, target, ro = (_addr(m) for m in (dst_map, secret_map, target_map, ro_map))
+    faults: list[dict[str, object]] = []
+    res.extra["sid"] = edu.dev.sid
     try:
         edu.map(dst, PAGE)
-        check(edu.dma(secret, EDU_BUF, PAGE, to_ram=False), "faulting DMA never finished")
+        edu.map(ro, PAGE, writable=False)
+        # Not present, read: the device's buffer must not get the page.
+        check(edu.dma(secret, EDU_BUF, PAGE, to_ram=False), "faulting DMA read never finished")
         dst_map[:] = b"\0" * PAGE
         check(edu.dma(EDU_BUF, dst, PAGE, to_ram=True), "DMA back to RAM never finished")
         # QEMU fills a blocked read with a fixed value; what must never arrive is the page.
         check(bytes(dst_map[:]) != bytes(secret_map[:]), "the device read memory never mapped for it")
-        res.extra["sid"] = edu.dev.sid
-        res.extra["fault_iova"] = secret
+        faults.append({"case": "not present, read", "iova": secret, "write": False})
+        for case, addr, page in (("not present, write", target, target_map), ("read-only, write", ro, ro_map)):
+            before = bytes(page[:])
+            time.sleep(1)  # one fault at a time in the unit's fault recording registers
+            check(edu.dma(EDU_BUF, addr, PAGE, to_ram=True), f"{case}: faulting DMA never finished")
+            check(bytes(page[:]) == before, f"{case}: the device changed a page it may not write")
+            faults.append({"case": case, "iova": addr, "write": True})
+        res.extra["faults"] = faults
+        _await_kernel_reports([secret, target, ro])
     finally:
-        try:
-            edu.unmap(dst, PAGE)
-        except OSError:
-            pass
+        for base in (dst, ro):
+            try:
+                edu.unmap(base, PAGE)
+            except OSError:
+                pass
         edu.close()
+
+
+def _await_kernel_reports(addrs: list[int], timeout: float = 10) -> None:
+    """Wait until the kernel's log holds a DMAR report of each faulting address (the
+    host reads them from the serial console, which a 7.x kernel writes from a thread
+    of its own, behind the log)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout
+        missing = [a for a in addrs if f"fault addr {a:#x}" not in log]
+        if not missing:
+            time.sleep(1)  # and give the console thread its turn
+            return
+        if time.monotonic() > deadline:
+            raise Failed("the guest kernel reported no DMAR fault for " + ", ".join(f"{a:#x}" for a in missing))
+        time.sleep(0.2)
 
 
 def _addr(m: mmap.mmap) -> int:

@@ -115,12 +115,15 @@ def check_faults(
         if id(ev) not in claimed and (ev.sid, ev.addr & PAGE_MASK) in requested:
             ats_recorded += 1
             claimed.add(id(ev))
+    # One finding per page and reason: QEMU records a blocked DMA once per access.
+    unexpected: dict[tuple[int, int, int, bool], list[DmarFault]] = {}
     for ev in dmar:
         if id(ev) not in claimed:
-            findings.append(
-                Finding(f"unexpected DMA fault: sid {ev.sid:#x} addr {ev.addr:#x} reason {ev.fault:#x}",
-                        trace_lines=(ev.line,))
-            )
+            unexpected.setdefault((ev.sid, ev.addr & PAGE_MASK, ev.fault, ev.is_write), []).append(ev)
+    for (sid, page, reason, write), evs in unexpected.items():
+        findings.append(Finding(
+            f"unexpected DMA fault: sid {sid:#x} {'write' if write else 'read'} of page {page:#x}, reason "
+            f"{reason:#x}" + (f" ({len(evs)} accesses)" if len(evs) > 1 else ""), trace_lines=(evs[0].line,)))
     counts = {"expected": len(expected), "dmar_faults": len(dmar), "fault_records": len(records),
               "console_reports": len(console_lines), "ats_misses_recorded": ats_recorded, **legs}
     summary = (f"{len(expected)} provoked faults, {len(dmar)} recorded by the unit, "

@@ -41,6 +41,14 @@ def test_check(local_run: RunOutcome, check_name: str) -> None:
         assert all(c.traffic is Traffic.MODELLED for c in found)
     else:
         assert all(c.traffic is Traffic.REAL for c in found)
+    if check_name == "faults":
+        # The matrix edu_dma_fault provokes, each reason judged on the walk QEMU made at it.
+        (faults,) = found
+        assert faults.counts["expected"] == faults.counts["reason_from_walk_at_fault"] == 3, faults.summary
+    if check_name == "qi-completeness":
+        for c in found:  # every use and every fill judged, on svmval's QEMU
+            assert c.counts["hits_source_checked"] == c.counts["hits"] + c.counts.get("pasid_hits", 0), c.summary
+            assert c.counts["fills_walked"] == c.counts["fills"] + c.counts.get("pasid_fills", 0), c.summary
     if check_name == "prq" and sva:
         # svmval's QEMU: the device's own page requests, as many as it counted.
         (prq,) = found

@@ -77,3 +77,21 @@ def test_a_pte_changed_used_then_invalidated_later_is_a_stale_use(host: HostSpec
     assert caught == seeded, (sorted(caught), sorted(seeded))
     assert all(len(f.trace_lines) == 2 for f in stale)  # the hit and its source line
     assert all("lost write permission" in f.message for f in stale)
+
+
+def test_a_wrong_translation_fails_the_translation_check(host: HostSpec, tmp_path: Path) -> None:
+    outcome = _seeded(host, tmp_path, "wrong-translation")
+    (tr,) = [c for c in outcome.checks if c.name == "translation"]
+    assert tr.verdict is Verdict.FAIL
+    (f,) = tr.findings  # the one retargeted page, nothing else
+    assert "model walk gives GPA" in f.message and "QEMU translated it to" in f.message
+    (final,) = [c for c in outcome.checks if c.name == "qi-completeness" and c.workload is None]
+    assert final.verdict is Verdict.PASS, final.findings[:3]  # put back before the guest ran on
+
+
+def test_a_stray_dma_is_an_unexpected_fault(host: HostSpec, tmp_path: Path) -> None:
+    outcome = _seeded(host, tmp_path, "stray-dma")
+    (faults,) = [c for c in outcome.checks if c.name == "faults"]
+    assert faults.verdict is Verdict.FAIL
+    (f,) = faults.findings  # one page, however many accesses QEMU recorded
+    assert f.message.startswith("unexpected DMA fault: sid ") and "read of page" in f.message and f.trace_lines
