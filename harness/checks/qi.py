@@ -301,7 +301,10 @@ class QiReplay:
             self.counts["invalid_descriptors"] += 1
             return
         self.counts[f"desc_{type(d).__name__}"] += 1
-        before = set(self._live_keys())
+        # Only these two remove IOTLB entries (apply_invalidation): the others need no
+        # before/after comparison of what is cached (half of all descriptors are waits).
+        drops = isinstance(d, dsc.IotlbInv | dsc.PasidIotlbInv)
+        before = set(self._live_keys()) if drops else set()
         apply_invalidation(self.caches, d, psi=self.psi)
         if isinstance(d, dsc.WaitDesc):
             if d.sw or d.if_:
@@ -315,7 +318,7 @@ class QiReplay:
                     Finding("invalidation wait with neither SW nor IF: nothing can observe it",
                             trace_lines=(ev.line,))
                 )
-        for key in before - set(self._live_keys()):
+        for key in (before - set(self._live_keys())) if drops else ():
             self._entries.pop(key, None)
             self._dropped_at[key] = ev.line
             self.counts["entries_invalidated"] += 1

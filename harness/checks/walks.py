@@ -14,6 +14,7 @@ from it (patch 0003's `vtd_iotlb_hit_source` names the first changed level).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,6 +57,11 @@ class ModelWalk:
     where: str = ""  # for a fault: the level and what the model read there
 
 
+@functools.lru_cache(maxsize=4096)
+def _params(root: int, flpm: int, haw: int) -> FsParams:
+    return FsParams.make(root, flpm=flpm, haw=haw, nxe=True)
+
+
 def model_walk(walk: Sequence[FsWalkEntry], *, write: bool = False, haw: int = 48) -> ModelWalk:
     """Walk the entries QEMU read with the model (4- or 5-level, as QEMU's walk began)."""
     if not walk:
@@ -65,7 +71,7 @@ def model_walk(walk: Sequence[FsWalkEntry], *, write: bool = False, haw: int = 4
     # reserved bit, and a process's page tables (SVA) set it on every data page; QEMU
     # ignores XD and NXE (../shared/VTD_FACTS.md §10.4) and no walk here is for an
     # execute request, so XD is read as NXE=1 reads it: honoured for execute only.
-    params = FsParams.make(top.addr & ~0xFFF, flpm=1 if top.level == 5 else 0, haw=haw, nxe=True)
+    params = _params(top.addr & ~0xFFF, 1 if top.level == 5 else 0, haw)
     try:
         r = fs_walk(_WalkedEntries(walk), params, top.iova, write=write, update_ad=False)
     except WalkFault as exc:
