@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # trixie's PoCL 6.0 reports fine-grain SYSTEM SVM (caps 15), bookworm's 3.1 does not
-# (FIELD_NOTES); its 6.12 kernel behaves like bookworm-backports' for the IOMMU.
+# (docs/FIELD_NOTES.md); its 6.12 kernel behaves like bookworm-backports' for the IOMMU.
 SUITE = "trixie"
 
 PACKAGES = (

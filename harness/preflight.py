@@ -80,7 +80,7 @@ def check_qemu(binary: str) -> list[PreflightLine]:
 
 def check_kvm() -> PreflightLine:
     # /dev/kvm on these build machines is nested PVM where unmodified guests die with
-    # emulation failures (FIELD_NOTES); the local lab uses TCG and says so.
+    # emulation failures (docs/FIELD_NOTES.md); the local lab uses TCG and says so.
     if not os.path.exists("/dev/kvm"):
         return PreflightLine("accelerator kvm", None, "no /dev/kvm: TCG will be used")
     modules = open("/proc/modules").read() if os.path.exists("/proc/modules") else ""

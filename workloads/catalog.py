@@ -12,7 +12,7 @@ import pyopencl as cl
 
 from workloads.capabilities import NAMES, DeviceInfo, Svm
 
-CL_STD = "-cl-std=CL3.0"  # CL2.0 breaks every atomic built-in on PoCL (FIELD_NOTES)
+CL_STD = "-cl-std=CL3.0"  # CL2.0 breaks every atomic built-in on PoCL (docs/FIELD_NOTES.md)
 # Only tests set this: every kernel then skips work-item 0 (SEED_SKIP in workloads.kernels),
 # a wrong result each workload's verifier must catch.
 SEED_OPTION = "-DSVMVAL_SEED_SKIP=1"

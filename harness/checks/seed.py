@@ -23,7 +23,7 @@ class SeededPte:
 
 def first_stage_leaf(memory: GuestMemory, root: int, sid: int, addr: int) -> tuple[int, int]:
     """(GPA of the leaf PTE, its value) for a request without PASID (RID_PASID), scalable
-    mode, 4-level first stage. Follows the spec layouts (VTD_FACTS §2.3, 2.4, 3, 4.1)."""
+    mode, 4-level first stage. Follows the spec layouts (docs/VTD_FACTS.md §2.3, 2.4, 3, 4.1)."""
     bus, devfn = sid >> 8, sid & 0xFF
     root_lo, root_hi = memory.read_u64(root + bus * 16), memory.read_u64(root + bus * 16 + 8)
     half = root_hi if devfn >= 128 else root_lo

@@ -69,7 +69,7 @@ def model_walk(walk: Sequence[FsWalkEntry], *, write: bool = False, haw: int = 4
     top = walk[0]
     # NXE is the PASID entry's, which the record lacks. With NXE=0, XD (bit 63) is a
     # reserved bit, and a process's page tables (SVA) set it on every data page; QEMU
-    # ignores XD and NXE (../shared/VTD_FACTS.md §10.4) and no walk here is for an
+    # ignores XD and NXE (docs/VTD_FACTS.md §10.4) and no walk here is for an
     # execute request, so XD is read as NXE=1 reads it: honoured for execute only.
     params = _params(top.addr & ~0xFFF, 1 if top.level == 5 else 0, haw)
     try:

@@ -1,7 +1,7 @@
 """Drive QEMU's own VT-d emulation over the qtest protocol: the model's independent judge.
 
 QEMU runs with `-qtest stdio`, TCG, icount and a BIOS that only halts, so nothing in
-the guest touches the IOMMU or PCI config but us (FIELD_NOTES). We write tables into
+the guest touches the IOMMU or PCI config but us (docs/FIELD_NOTES.md). We write tables into
 its RAM, program the unit's registers, and make QEMU's `edu` device DMA; the same
 tables and register writes go into the reference model, and the two must agree.
 """

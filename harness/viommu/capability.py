@@ -1,4 +1,4 @@
-"""CAP_REG / ECAP_REG (VTD_FACTS §1.2, §1.3) and the config that produces them."""
+"""CAP_REG / ECAP_REG (docs/VTD_FACTS.md §1.2, §1.3) and the config that produces them."""
 
 from __future__ import annotations
 
@@ -266,7 +266,7 @@ class VtdConfig:
         )
 
 
-# Values reported by real QEMU builds (FIELD_NOTES), kept for decoding tests and for the
+# Values reported by real QEMU builds (docs/FIELD_NOTES.md), kept for decoding tests and for the
 # differential harness to configure the model like the device under test.
 QEMU_10_0_CAP = 0x01D2008C222F0686
 QEMU_10_0_ECAP = 0x890000F00F4A

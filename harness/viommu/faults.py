@@ -1,7 +1,7 @@
 """VT-d fault reasons and the fault record a translation fault produces.
 
 ``FaultReason`` values are the spec's fault-reason codes (FRCD.FR): legacy
-0x1-0xE, interrupt remapping 0x20-0x29, scalable mode 0x30-0x91 (VTD_FACTS §8).
+0x1-0xE, interrupt remapping 0x20-0x29, scalable mode 0x30-0x91 (docs/VTD_FACTS.md §8).
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ NON_QUALIFIED: frozenset[FaultReason] = frozenset(
 
 
 class RequestType(IntEnum):
-    """FRCD request type, encoded as (T1 << 1) | T2 (VTD_FACTS §1.8)."""
+    """FRCD request type, encoded as (T1 << 1) | T2 (docs/VTD_FACTS.md §1.8)."""
 
     WRITE = 0b00
     PAGE_REQUEST = 0b01

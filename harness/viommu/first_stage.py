@@ -1,4 +1,4 @@
-"""First-stage (IA-32e format) paging walk (VTD_FACTS §4.1, §4.2).
+"""First-stage (IA-32e format) paging walk (docs/VTD_FACTS.md §4.1, §4.2).
 
 Order: canonical check (0x80); per level read (0x73 for the root table, 0x70
 below), P (0x71), reserved bits (0x72); at the leaf, the accumulated rights

@@ -1,4 +1,4 @@
-"""Queued invalidation (VTD_FACTS §1.9, §6): the invalidation queue engine.
+"""Queued invalidation (docs/VTD_FACTS.md §1.9, §6): the invalidation queue engine.
 
 The queue is processed synchronously: on every IQT write while QIES=1 (and
 when QI is enabled with a non-empty queue, or IQE/ITE is cleared) descriptors

@@ -1,7 +1,7 @@
 """The VT-d remapping unit: registers + caches + translation pipeline.
 
 ``VtdModel(memory, **config)`` models one DMA-remapping unit spec-exactly
-(QEMU's departures, VTD_FACTS §10, are deliberately absent: the differential
+(QEMU's departures, docs/VTD_FACTS.md §10, are deliberately absent: the differential
 harness keeps them in its own table). Legacy or scalable mode is chosen by
 RTADDR.TTM as latched by GCMD.SRTP, as hardware does.
 """

@@ -1,4 +1,4 @@
-"""Nested translation (PGTT=011): first stage over second stage (VTD_FACTS §5).
+"""Nested translation (PGTT=011): first stage over second stage (docs/VTD_FACTS.md §5).
 
 Every first-stage table address (FSPTPTR and each next-table pointer) is a GPA
 translated through the second stage before it is read; the FS output GPA is

@@ -1,4 +1,4 @@
-"""PASID directory and scalable-mode PASID table entries (VTD_FACTS §3)."""
+"""PASID directory and scalable-mode PASID table entries (docs/VTD_FACTS.md §3)."""
 
 from __future__ import annotations
 

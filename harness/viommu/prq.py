@@ -1,4 +1,4 @@
-"""Page request queue (VTD_FACTS §1.10, §7) and page group responses.
+"""Page request queue (docs/VTD_FACTS.md §1.10, §7) and page group responses.
 
 Hardware writes 32-byte page request descriptors at PQA+PQT, advances PQT,
 sets PRS.PPR and raises a page-request event when PPR goes 0->1. A full queue
@@ -41,7 +41,7 @@ class PageRequestStatus(Enum):
 
 @dataclass(frozen=True, slots=True)
 class PageRequestDescriptor:
-    """A 32-byte page request descriptor (VTD_FACTS §7.1)."""
+    """A 32-byte page request descriptor (docs/VTD_FACTS.md §7.1)."""
 
     rid: int
     addr: int

@@ -1,4 +1,4 @@
-"""VT-d register file (VTD_FACTS §1): offsets, sizes, RW/RO/RW1C masks, the
+"""VT-d register file (docs/VTD_FACTS.md §1): offsets, sizes, RW/RO/RW1C masks, the
 GCMD->GSTS handshake, fault recording (FSTS/FRCD/FECTL) and the three
 interrupt events (fault, invalidation completion, page request).
 
@@ -437,7 +437,7 @@ class RegisterFile:
         return self._values[Reg.FSTS]
 
     def record_fault(self, fault: Fault) -> FaultOutcome:
-        """Primary fault logging: record ``fault`` into the next FRCD (VTD_FACTS §1.8)."""
+        """Primary fault logging: record ``fault`` into the next FRCD (docs/VTD_FACTS.md §1.8)."""
         fsts = self._values[Reg.FSTS]
         if fsts & Fsts.PFO:
             return FaultOutcome.DROPPED

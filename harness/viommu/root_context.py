@@ -1,4 +1,4 @@
-"""Root and context entries, legacy and scalable mode (VTD_FACTS §2).
+"""Root and context entries, legacy and scalable mode (docs/VTD_FACTS.md §2).
 
 Decoders are pure; the lookup functions read guest memory and raise
 :class:`WalkFault` with the spec fault reason of the first failing check.

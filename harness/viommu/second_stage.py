@@ -1,4 +1,4 @@
-"""Second-stage paging walk (VTD_FACTS §4.3, §4.4).
+"""Second-stage paging walk (docs/VTD_FACTS.md §4.3, §4.4).
 
 Per level: read the entry (access error), present = R|W, reserved bits, then the
 request's permission (R for reads, W for writes, X for execute with SLEE);

@@ -392,7 +392,7 @@ def test_invalid_descriptor_sets_iqe_and_holds_iqh_in_both(case: str, error_unit
 
 
 def test_pasid_cache_in_a_128_bit_queue_is_accepted_by_both() -> None:
-    """0x7 is not one of the 256-bit-only types (VTD_FACTS §6.1): fine in a 128-bit queue."""
+    """0x7 is not one of the 256-bit-only types (docs/VTD_FACTS.md §6.1): fine in a 128-bit queue."""
     with _machine() as q:
         u = Unit(q, wide=False)
         assert u.submit(pc_desc(3), pc_desc(0, did=1), pc_desc(1, did=1, pasid=0), wait_desc(if_=1)) == (4 << 4, 0, 1)

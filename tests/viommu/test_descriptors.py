@@ -1,4 +1,4 @@
-"""Invalidation / page-request descriptor layouts against VTD_FACTS §6-§7 and real
+"""Invalidation / page-request descriptor layouts against docs/VTD_FACTS.md §6-§7 and real
 descriptors taken from QEMU traces of a Linux 6.12 guest (tests/fixtures/traces)."""
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def test_reserved_masks_cover_exactly_the_undefined_bits(t: DescType) -> None:
     masks = reserved_masks(t, 256)
     type_bits = 0xF | 0xE00
     assert masks[0] & type_bits == 0
-    # Spot values from VTD_FACTS §6.2 (qw0 reserved masks written out by hand).
+    # Spot values from docs/VTD_FACTS.md §6.2 (qw0 reserved masks written out by hand).
     expected_qw0 = {
         DescType.CONTEXT_CACHE: 0xFFFC_0000_0000_F1C0,
         DescType.IOTLB: 0xFFFF_FFFF_0000_F100,

@@ -8,7 +8,7 @@ page-selective PASID-IOTLB invalidation plus its wait descriptor) and powers off
 Nothing is installed on the host: the .debs are fetched with ``apt-get download``
 and unpacked with ``dpkg -x`` into a work directory. Run as::
 
-    .venv/bin/python -m harness.trace.capture_fixture --out tests/fixtures/traces
+    .venv/bin/python -m tests.support.capture_fixture --out tests/fixtures/traces
 
 The exact versions and command line used are written next to the fixtures
 (``capture.json``) so tests/fixtures/traces/README.md can be checked against them.
