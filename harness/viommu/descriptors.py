@@ -1,6 +1,6 @@
 """Queued-invalidation descriptors and page-request descriptors, typed.
 
-Layouts follow the VT-d specification as digested in VTD_FACTS §6.2 / §7.1. Bit
+Layouts follow the VT-d specification as digested in docs/VTD_FACTS.md §6.2 / §7.1. Bit
 numbers in this module are absolute over the descriptor (qw1 bit 0 = bit 64), the
 same convention as the digest, so a field table here can be checked against it
 line by line.
@@ -17,13 +17,24 @@ line by line.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import lru_cache
 from typing import Any, ClassVar, Literal
 
-QWORD = 0xFFFF_FFFF_FFFF_FFFF
+from .bits import (
+    QWORD,
+    addr_bits,
+    bits,
+    defined_mask,
+    field_values,
+    join_qwords,
+    layout,
+    mask,
+    split_bits,
+    split_qwords,
+)
+
 PAGE_SHIFT = 12
 
 Width = Literal[128, 256]
@@ -47,7 +58,7 @@ class DescType(IntEnum):
 
 
 class IqeCode(IntEnum):
-    """IQERCD.IQEI values for descriptor errors (VTD_FACTS §1.9)."""
+    """IQERCD.IQEI values for descriptor errors (docs/VTD_FACTS.md §1.9)."""
 
     INVALID_TYPE = 3
     RESERVED_FIELD = 4
@@ -99,97 +110,7 @@ class ResponseCode(IntEnum):
     RESPONSE_FAILURE = 0xF
 
 
-# ------------------------------------------------------------- field machinery
-#
-# A field is one or more bit segments (absolute hi:lo, concatenated lowest segment
-# first) plus how the value is presented: plain (shifted to bit 0), an address
-# kept in place within its qword (ADDR 63:12 stays 4 KiB aligned), or an enum.
-
-
-@dataclass(frozen=True)
-class _Spec:
-    segments: tuple[tuple[int, int], ...]
-    addr: bool = False
-    enum: type[IntEnum] | None = None
-
-
-def _f(*segments: tuple[int, int], addr: bool = False,
-       enum: type[IntEnum] | None = None, default: Any = 0) -> Any:
-    for hi, lo in segments:
-        if hi < lo:
-            raise ValueError(f"bad bit range {hi}:{lo}")
-    if addr and len(segments) != 1:
-        raise ValueError("an address field is one segment")
-    return dataclasses.field(default=default,
-                             metadata={"spec": _Spec(tuple(segments), addr, enum)})
-
-
-def _mask(hi: int, lo: int) -> int:
-    return ((1 << (hi - lo + 1)) - 1) << lo
-
-
-def _layout(cls: type) -> list[tuple[str, _Spec]]:
-    cached = _LAYOUTS.get(cls)
-    if cached is None:
-        cached = [(f.name, f.metadata["spec"]) for f in dataclasses.fields(cls)
-                  if "spec" in f.metadata]
-        _LAYOUTS[cls] = cached
-    return cached
-
-
-_LAYOUTS: dict[type, list[tuple[str, _Spec]]] = {}
-
-
-def _raw_field(raw: int, spec: _Spec) -> int:
-    if spec.addr:
-        hi, lo = spec.segments[0]
-        base = lo - lo % 64  # keep the address in place within its qword
-        return (raw & _mask(hi, lo)) >> base
-    value, shift = 0, 0
-    for hi, lo in spec.segments:
-        value |= ((raw >> lo) & ((1 << (hi - lo + 1)) - 1)) << shift
-        shift += hi - lo + 1
-    return value
-
-
-def _put_field(name: str, value: int, spec: _Spec) -> int:
-    if spec.addr:
-        hi, lo = spec.segments[0]
-        base = lo - lo % 64
-        if value < 0 or value & ~_mask(hi - base, lo - base):
-            raise ValueError(f"{name}={value:#x} is not an address in bits {hi}:{lo}")
-        return value << base
-    raw, shift = 0, 0
-    total = sum(hi - lo + 1 for hi, lo in spec.segments)
-    if value < 0 or value >> total:
-        raise ValueError(f"{name}={value:#x} does not fit {total} bits")
-    for hi, lo in spec.segments:
-        width = hi - lo + 1
-        raw |= ((value >> shift) & ((1 << width) - 1)) << lo
-        shift += width
-    return raw
-
-
-def _defined_mask(cls: type) -> int:
-    m = 0
-    for _name, spec in _layout(cls):
-        for hi, lo in spec.segments:
-            m |= _mask(hi, lo)
-    return m
-
-
-def _join(qwords: tuple[int, ...]) -> int:
-    raw = 0
-    for i, q in enumerate(qwords):
-        raw |= (q & QWORD) << (64 * i)
-    return raw
-
-
-def _split(raw: int, count: int) -> tuple[int, ...]:
-    return tuple((raw >> (64 * i)) & QWORD for i in range(count))
-
-
-_TYPE_BITS = _mask(3, 0) | _mask(11, 9)
+_TYPE_BITS = mask(3, 0) | mask(11, 9)
 
 
 def desc_type_of(qw0: int) -> int:
@@ -206,8 +127,9 @@ class _BitStruct:
 
     def _raw(self) -> int:
         raw = 0
-        for name, spec in _layout(type(self)):
-            raw |= _put_field(name, int(getattr(self, name)), spec)
+        owner = type(self).__name__
+        for spec in layout(type(self)):
+            raw |= spec.put(int(getattr(self, spec.name)), owner)
         return raw
 
 
@@ -216,7 +138,7 @@ class InvDescriptor(_BitStruct):
     """Base of every decoded invalidation descriptor."""
 
     TYPE: ClassVar[DescType]
-    # Descriptors that only exist in 256-bit form (VTD_FACTS §6.1).
+    # Descriptors that only exist in 256-bit form (docs/VTD_FACTS.md §6.1).
     ONLY_256: ClassVar[bool] = False
     SCALABLE_ONLY: ClassVar[bool] = False
 
@@ -233,7 +155,7 @@ class InvDescriptor(_BitStruct):
         raw = self._raw() | int(self.TYPE)  # all types < 0x10: bits 11:9 stay 0
         if width == 128 and raw >> 128:
             raise ValueError(f"{type(self).__name__} has data in qw2/qw3: needs width=256")
-        return _split(raw, width // 64)
+        return split_qwords(raw, width // 64)
 
     def to_bytes(self, width: Width = 256) -> bytes:
         return b"".join(q.to_bytes(8, "little") for q in self.encode(width))
@@ -249,11 +171,10 @@ class ContextCacheInv(InvDescriptor):
     """0x1 context-cache invalidate."""
 
     TYPE: ClassVar[DescType] = DescType.CONTEXT_CACHE
-    g: ContextCacheGranularity = _f((5, 4), enum=ContextCacheGranularity,
-                                    default=ContextCacheGranularity.GLOBAL)
-    did: int = _f((31, 16))  # ignored by hardware in scalable mode
-    sid: int = _f((47, 32))
-    fm: int = _f((49, 48))  # function mask: 0 none, 1..3 mask SID bits 2, 2:1, 2:0
+    g: ContextCacheGranularity = bits(5, 4, ContextCacheGranularity.GLOBAL, enum=ContextCacheGranularity)
+    did: int = bits(31, 16)  # ignored by hardware in scalable mode
+    sid: int = bits(47, 32)
+    fm: int = bits(49, 48)  # function mask: 0 none, 1..3 mask SID bits 2, 2:1, 2:0
 
 
 @dataclass(frozen=True)
@@ -261,13 +182,13 @@ class IotlbInv(InvDescriptor):
     """0x2 IOTLB invalidate."""
 
     TYPE: ClassVar[DescType] = DescType.IOTLB
-    g: IotlbGranularity = _f((5, 4), enum=IotlbGranularity, default=IotlbGranularity.GLOBAL)
-    dw: int = _f((6, 6))
-    dr: int = _f((7, 7))
-    did: int = _f((31, 16))
-    am: int = _f((69, 64))
-    ih: int = _f((70, 70))
-    addr: int = _f((127, 76), addr=True)
+    g: IotlbGranularity = bits(5, 4, IotlbGranularity.GLOBAL, enum=IotlbGranularity)
+    dw: int = bits(6, 6)
+    dr: int = bits(7, 7)
+    did: int = bits(31, 16)
+    am: int = bits(69, 64)
+    ih: int = bits(70, 70)
+    addr: int = addr_bits(127, 76, base=64)
 
     def range(self) -> tuple[int, int]:
         """(base, size) for a page-selective invalidation (meaningless otherwise)."""
@@ -279,11 +200,11 @@ class DeviceTlbInv(InvDescriptor):
     """0x3 device-TLB invalidate (ATS, requests without PASID)."""
 
     TYPE: ClassVar[DescType] = DescType.DEVICE_TLB
-    pfsid: int = _f((15, 12), (63, 52))  # PF source-id, split [3:0] / [15:4]
-    mip: int = _f((20, 16))
-    sid: int = _f((47, 32))
-    s: int = _f((64, 64))
-    addr: int = _f((127, 76), addr=True)
+    pfsid: int = split_bits((15, 12), (63, 52))  # PF source-id, split [3:0] / [15:4]
+    mip: int = bits(20, 16)
+    sid: int = bits(47, 32)
+    s: int = bits(64, 64)
+    addr: int = addr_bits(127, 76, base=64)
 
     def range(self) -> tuple[int, int]:
         return device_tlb_range(self.addr, self.s)
@@ -294,9 +215,9 @@ class IecInv(InvDescriptor):
     """0x4 interrupt-entry-cache invalidate."""
 
     TYPE: ClassVar[DescType] = DescType.IEC
-    g: IecGranularity = _f((4, 4), enum=IecGranularity, default=IecGranularity.GLOBAL)
-    im: int = _f((31, 27))  # index mask: 2^IM entries
-    iidx: int = _f((47, 32))
+    g: IecGranularity = bits(4, 4, IecGranularity.GLOBAL, enum=IecGranularity)
+    im: int = bits(31, 27)  # index mask: 2^IM entries
+    iidx: int = bits(47, 32)
 
 
 @dataclass(frozen=True)
@@ -304,12 +225,12 @@ class WaitDesc(InvDescriptor):
     """0x5 invalidation wait."""
 
     TYPE: ClassVar[DescType] = DescType.WAIT
-    if_: int = _f((4, 4))  # IF: set ICS.IWC, raise the completion event
-    sw: int = _f((5, 5))  # SW: write status_data to status_addr
-    fn: int = _f((6, 6))  # FN: fence
-    pd: int = _f((7, 7))  # PD: page-request drain (reserved when ECAP.PDS=0)
-    status_data: int = _f((63, 32))
-    status_addr: int = _f((127, 66), addr=True)  # dword aligned, kept in place
+    if_: int = bits(4, 4)  # IF: set ICS.IWC, raise the completion event
+    sw: int = bits(5, 5)  # SW: write status_data to status_addr
+    fn: int = bits(6, 6)  # FN: fence
+    pd: int = bits(7, 7)  # PD: page-request drain (reserved when ECAP.PDS=0)
+    status_data: int = bits(63, 32)
+    status_addr: int = addr_bits(127, 66, base=64)  # dword aligned, kept in place
 
 
 @dataclass(frozen=True)
@@ -319,13 +240,12 @@ class PasidIotlbInv(InvDescriptor):
     TYPE: ClassVar[DescType] = DescType.PASID_IOTLB
     ONLY_256: ClassVar[bool] = True
     SCALABLE_ONLY: ClassVar[bool] = True
-    g: PasidIotlbGranularity = _f((5, 4), enum=PasidIotlbGranularity,
-                                  default=PasidIotlbGranularity.PASID)
-    did: int = _f((31, 16))
-    pasid: int = _f((51, 32))
-    am: int = _f((69, 64))
-    ih: int = _f((70, 70))
-    addr: int = _f((127, 76), addr=True)
+    g: PasidIotlbGranularity = bits(5, 4, PasidIotlbGranularity.PASID, enum=PasidIotlbGranularity)
+    did: int = bits(31, 16)
+    pasid: int = bits(51, 32)
+    am: int = bits(69, 64)
+    ih: int = bits(70, 70)
+    addr: int = addr_bits(127, 76, base=64)
 
     def range(self) -> tuple[int, int]:
         return iotlb_range(self.addr, self.am)
@@ -333,15 +253,14 @@ class PasidIotlbInv(InvDescriptor):
 
 @dataclass(frozen=True)
 class PasidCacheInv(InvDescriptor):
-    """0x7 PASID-cache invalidate. Valid in either queue width (VTD_FACTS §6.1 only
+    """0x7 PASID-cache invalidate. Valid in either queue width (docs/VTD_FACTS.md §6.1 only
     restricts 0x6/0x8); QEMU 10.0 processes it as a no-op."""
 
     TYPE: ClassVar[DescType] = DescType.PASID_CACHE
     SCALABLE_ONLY: ClassVar[bool] = True
-    g: PasidCacheGranularity = _f((5, 4), enum=PasidCacheGranularity,
-                                  default=PasidCacheGranularity.GLOBAL)
-    did: int = _f((31, 16))
-    pasid: int = _f((51, 32))
+    g: PasidCacheGranularity = bits(5, 4, PasidCacheGranularity.GLOBAL, enum=PasidCacheGranularity)
+    did: int = bits(31, 16)
+    pasid: int = bits(51, 32)
 
 
 @dataclass(frozen=True)
@@ -351,14 +270,13 @@ class PasidDeviceTlbInv(InvDescriptor):
     TYPE: ClassVar[DescType] = DescType.PASID_DEVICE_TLB
     ONLY_256: ClassVar[bool] = True
     SCALABLE_ONLY: ClassVar[bool] = True
-    mip: int = _f((8, 4))
-    pfsid: int = _f((15, 12), (63, 52))
-    sid: int = _f((31, 16))
-    pasid: int = _f((51, 32))
-    g: PasidDeviceTlbGranularity = _f((64, 64), enum=PasidDeviceTlbGranularity,
-                                      default=PasidDeviceTlbGranularity.PASID)
-    s: int = _f((75, 75))
-    addr: int = _f((127, 76), addr=True)
+    mip: int = bits(8, 4)
+    pfsid: int = split_bits((15, 12), (63, 52))
+    sid: int = bits(31, 16)
+    pasid: int = bits(51, 32)
+    g: PasidDeviceTlbGranularity = bits(64, 64, PasidDeviceTlbGranularity.PASID, enum=PasidDeviceTlbGranularity)
+    s: int = bits(75, 75)
+    addr: int = addr_bits(127, 76, base=64)
 
     def range(self) -> tuple[int, int]:
         return device_tlb_range(self.addr, self.s)
@@ -371,14 +289,14 @@ class PageGroupResponse(InvDescriptor):
     the spec generation this suite checks against still names them."""
 
     TYPE: ClassVar[DescType] = DescType.PAGE_GROUP_RESPONSE
-    pp: int = _f((4, 4))
-    pdp: int = _f((5, 5))
-    rc: ResponseCode = _f((15, 12), enum=ResponseCode, default=ResponseCode.SUCCESS)
-    rid: int = _f((31, 16))
-    pasid: int = _f((51, 32))
-    lpig: int = _f((66, 66))
-    prgi: int = _f((75, 67))
-    private_data: int = _f((255, 128))
+    pp: int = bits(4, 4)
+    pdp: int = bits(5, 5)
+    rc: ResponseCode = bits(15, 12, ResponseCode.SUCCESS, enum=ResponseCode)
+    rid: int = bits(31, 16)
+    pasid: int = bits(51, 32)
+    lpig: int = bits(66, 66)
+    prgi: int = bits(75, 67)
+    private_data: int = bits(255, 128)
 
 
 _CLASSES: dict[int, type[InvDescriptor]] = {
@@ -429,10 +347,10 @@ def reserved_masks(desc_type: int, width: Width = 256,
     """Spec reserved-bit masks per qword for a known type, ``width // 64`` entries."""
     cls = _CLASSES[desc_type]
     total = (1 << width) - 1
-    reserved = total & ~_defined_mask(cls) & ~_TYPE_BITS
+    reserved = total & ~defined_mask(cls) & ~_TYPE_BITS
     if cls is WaitDesc and not caps.pds:
-        reserved |= _mask(7, 7)
-    return _split(reserved, width // 64)
+        reserved |= mask(7, 7)
+    return split_qwords(reserved, width // 64)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -474,10 +392,10 @@ def decode_inv_desc(qw0: int, qw1: int, qw2: int = 0, qw3: int = 0, *,
         where = ", ".join(f"qw{i} {b:#x}" for i, b in enumerate(bad) if b)
         return InvalidDescriptor(IqeCode.RESERVED_FIELD, t, f"reserved bits set: {where}",
                                  qwords, bad)
-    raw = _join(qwords)
+    raw = join_qwords(*qwords)
     kwargs: dict[str, Any] = {}
-    for name, spec in _layout(cls):
-        value = _raw_field(raw, spec)
+    for spec in layout(cls):
+        name, value = spec.name, spec.get(raw)
         if spec.enum is not None:
             try:
                 value = spec.enum(value)
@@ -537,31 +455,30 @@ def device_tlb_encode(base: int, size: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class PageRequest(_BitStruct):
-    """32-byte page request descriptor hardware writes into the PRQ (VTD_FACTS §7.1)."""
+    """32-byte page request descriptor hardware writes into the PRQ (docs/VTD_FACTS.md §7.1)."""
 
     TYPE_PAGE_REQUEST: ClassVar[int] = 1
-    type: int = _f((7, 0), default=TYPE_PAGE_REQUEST)
-    pp: int = _f((8, 8))
-    pdp: int = _f((9, 9))
-    rid: int = _f((31, 16))
-    pasid: int = _f((51, 32))
-    er: int = _f((52, 52))  # execute requested
-    pmr: int = _f((53, 53))  # privileged-mode requested
-    rd: int = _f((64, 64))
-    wr: int = _f((65, 65))
-    lpig: int = _f((66, 66))
-    prgi: int = _f((75, 67))
-    addr: int = _f((127, 76), addr=True)
-    private_data: int = _f((255, 128))
+    type: int = bits(7, 0, TYPE_PAGE_REQUEST)
+    pp: int = bits(8, 8)
+    pdp: int = bits(9, 9)
+    rid: int = bits(31, 16)
+    pasid: int = bits(51, 32)
+    er: int = bits(52, 52)  # execute requested
+    pmr: int = bits(53, 53)  # privileged-mode requested
+    rd: int = bits(64, 64)
+    wr: int = bits(65, 65)
+    lpig: int = bits(66, 66)
+    prgi: int = bits(75, 67)
+    addr: int = addr_bits(127, 76, base=64)
+    private_data: int = bits(255, 128)
 
     RESERVED: ClassVar[tuple[int, int, int, int]] = (
-        _mask(15, 10) | _mask(63, 54), 0, 0, 0)
+        mask(15, 10) | mask(63, 54), 0, 0, 0)
 
     @classmethod
     def decode(cls, qw0: int, qw1: int, qw2: int = 0, qw3: int = 0) -> PageRequest:
         """Decode; reserved bits are ignored (software reads them, hardware writes 0)."""
-        raw = _join((qw0, qw1, qw2, qw3))
-        return cls(**{name: _raw_field(raw, spec) for name, spec in _layout(cls)})
+        return cls(**field_values(cls, join_qwords(qw0, qw1, qw2, qw3)))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PageRequest:
@@ -571,7 +488,7 @@ class PageRequest(_BitStruct):
         return cls.decode(*q)
 
     def encode(self) -> tuple[int, int, int, int]:
-        q = _split(self._raw(), 4)
+        q = split_qwords(self._raw(), 4)
         return q[0], q[1], q[2], q[3]
 
     def to_bytes(self) -> bytes:
@@ -609,7 +526,7 @@ class QemuMasks:
     note: str
 
 
-# QEMU 10.0 (hw/i386/intel_iommu_internal.h, VTD_FACTS §6.3). Data for the
+# QEMU 10.0 (hw/i386/intel_iommu_internal.h, docs/VTD_FACTS.md §6.3). Data for the
 # differential check only. Types absent here: 0x7 is accepted as a no-op without
 # any mask check (in scalable mode); 0x9 is rejected as an unknown type. Beyond
 # masks QEMU also rejects a wait with neither SW nor IF, and a PASID-IOTLB with
