@@ -8,18 +8,13 @@ from __future__ import annotations
 from .builder import FsTables, PageAllocator, SsTables, TableBuilder
 from .caches import TranslationCaches
 from .capability import Cap, Ecap, VtdConfig, config_from_caps
+from .descriptors import PageGroupResponse, PageRequest
 from .faults import Fault, FaultReason, RequestType, WalkFault
 from .invalidation import InvalidationQueue
 from .memory import GuestMemory, MemoryAccessError, Region, q35_regions
 from .model import StaleReport, Translation, VtdModel
 from .pasid import PasidDirEntry, PasidEntry, Pgtt
-from .prq import (
-    PageGroupResponse,
-    PageRequestDescriptor,
-    PageRequestQueue,
-    PageRequestResult,
-    PageRequestStatus,
-)
+from .prq import PageRequestQueue, PageRequestResult, PageRequestStatus, PrgResponseMessage
 from .registers import FaultOutcome, Msi, Reg
 from .root_context import (
     LegacyContextEntry,
@@ -45,13 +40,14 @@ __all__ = [
     "Msi",
     "PageAllocator",
     "PageGroupResponse",
-    "PageRequestDescriptor",
+    "PageRequest",
     "PageRequestQueue",
     "PageRequestResult",
     "PageRequestStatus",
     "PasidDirEntry",
     "PasidEntry",
     "Pgtt",
+    "PrgResponseMessage",
     "Reg",
     "Region",
     "RequestType",

@@ -34,6 +34,7 @@ from .bits import (
     split_bits,
     split_qwords,
 )
+from .registers import IqeCode  # IQERCD.IQEI: the register's field, one enum for every cause
 
 PAGE_SHIFT = 12
 
@@ -55,14 +56,6 @@ class DescType(IntEnum):
     PASID_CACHE = 0x7
     PASID_DEVICE_TLB = 0x8
     PAGE_GROUP_RESPONSE = 0x9
-
-
-class IqeCode(IntEnum):
-    """IQERCD.IQEI values for descriptor errors (docs/VTD_FACTS.md §1.9)."""
-
-    INVALID_TYPE = 3
-    RESERVED_FIELD = 4
-    INVALID_WIDTH = 5
 
 
 class ContextCacheGranularity(IntEnum):
@@ -501,6 +494,11 @@ class PageRequest(_BitStruct):
         return bool(self.lpig and not self.rd and not self.wr)
 
     @property
+    def group_key(self) -> tuple[int, int | None, int]:
+        """(RID, PASID or None, PRGI): what a page group response names to answer it."""
+        return self.rid, self.pasid if self.pp else None, self.prgi
+
+    @property
     def needs_response(self) -> bool:
         """Last request of a group, or (VT-d 3.x) any request carrying private data."""
         return not self.is_stop_marker and bool(self.lpig or self.pdp)
@@ -572,7 +570,6 @@ __all__ = [
     "InvalidDescriptor",
     "IotlbGranularity",
     "IotlbInv",
-    "IqeCode",
     "PageGroupResponse",
     "PageRequest",
     "PasidCacheGranularity",

@@ -14,7 +14,7 @@ capabilities beyond SMTS/PRS/PDS (DT, IR, MAMV, drain support).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from . import descriptors as dsc
 from .bits import mask
@@ -43,7 +43,7 @@ def decode_descriptor(qws: tuple[int, ...], *, wide: bool, caps: dsc.QiCaps, dt:
     width: dsc.Width = 256 if wide else 128
     d = dsc.decode_inv_desc(*qws[: width // 64], width=width, caps=caps)
     if isinstance(d, dsc.InvalidDescriptor):
-        raise DescriptorError(IqeCode(int(d.code)), d.reason)
+        raise DescriptorError(d.code, d.reason)
     if isinstance(d, dsc.DeviceTlbInv | dsc.PasidDeviceTlbInv) and not dt:
         raise DescriptorError(IqeCode.INVALID_TYPE, "device-TLB invalidation without ECAP.DT")
     if isinstance(d, dsc.IecInv) and not ir:
@@ -298,5 +298,8 @@ def pdevtlb_desc(sid: int, pasid: int, *, g: int = 0, s: int = 0, addr: int = 0,
 
 def prg_resp_desc(rid: int, prgi: int, rc: int = 0, pasid: int | None = None,
                   lpig: int = 0) -> Desc:
-    q0 = _t(0x9) | int(pasid is not None) << 4 | rc << 12 | rid << 16 | (pasid or 0) << 32
-    return (q0, lpig << 2 | prgi << 3, 0, 0)
+    # rc may be a reserved code (tests provoke the IQE), so it is not made a ResponseCode.
+    d = dsc.PageGroupResponse(pp=int(pasid is not None), rc=cast(dsc.ResponseCode, rc), rid=rid,
+                              pasid=pasid or 0, lpig=lpig, prgi=prgi)
+    q = d.encode(256)
+    return q[0], q[1], q[2], q[3]

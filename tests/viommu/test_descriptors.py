@@ -20,7 +20,6 @@ from harness.viommu.descriptors import (
     InvDescriptor,
     IotlbGranularity,
     IotlbInv,
-    IqeCode,
     PageGroupResponse,
     PageRequest,
     PasidCacheGranularity,
@@ -41,6 +40,7 @@ from harness.viommu.descriptors import (
     qemu10_divergent_bits,
     reserved_masks,
 )
+from harness.viommu.registers import IqeCode
 
 U16 = st.integers(0, 0xFFFF)
 PASID = st.integers(0, (1 << 20) - 1)

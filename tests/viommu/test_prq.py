@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from harness.viommu import FaultReason, Reg
+from harness.viommu.descriptors import PageRequest
 from harness.viommu.faults import RequestType
 from harness.viommu.invalidation import prg_resp_desc
-from harness.viommu.prq import PageRequestDescriptor, PageRequestStatus
+from harness.viommu.prq import PageRequestStatus
 from harness.viommu.registers import EventKind, IqeCode
 
 FR = FaultReason
@@ -48,13 +49,10 @@ def test_request_written_to_queue(pr) -> None:  # type: ignore[no-untyped-def]
     assert q1 & 1 == 0 and (q1 >> 1) & 1 == 1  # RD=0, WR=1
     assert (q1 >> 2) & 1 == 1 and (q1 >> 3) & 0x1FF == 0x155
     assert q1 & ~0xFFF == 0x7F00_1234_5000
-    d = PageRequestDescriptor.decode(q0, q1, q2, q3)
+    d = PageRequest.decode(q0, q1, q2, q3)
     assert d == r.descriptor
     assert m.prq.pending() == [d]
-    # The shared decoder reads the same fields.
-    from harness.viommu.descriptors import PageRequest
-    s = PageRequest.decode(q0, q1, q2, q3)
-    assert (s.rid, s.pasid, s.pp, s.rd, s.wr, s.er, s.pmr, s.lpig, s.prgi, s.addr) == (
+    assert (d.rid, d.pasid, d.pp, d.rd, d.wr, d.er, d.pmr, d.lpig, d.prgi, d.addr) == (
         SID, PASID, 1, 0, 1, 1, 1, 1, 0x155, 0x7F00_1234_5000)
 
 
@@ -158,7 +156,7 @@ def test_response_without_last_request_is_unmatched(pr) -> None:  # type: ignore
 
 def test_stop_marker_needs_no_response(pr) -> None:  # type: ignore[no-untyped-def]
     r = pr.model.page_request(SID, 0, pasid=PASID, prgi=3, read=False, write=False, last=True)
-    assert r.queued and r.descriptor.stop_marker
+    assert r.queued and r.descriptor.is_stop_marker
     assert pr.model.prq.unanswered() == []
 
 
