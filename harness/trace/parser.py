@@ -14,7 +14,8 @@ Two paths, same results:
   literal ``name ``, so the regex engine skips the other lines in C. Lines of
   the wanted events are still checked (the number of ``name `` occurrences must
   equal the number of well-formed matches; otherwise the chunk's bad lines are
-  located), lines of other events are not looked at. This is what a check that
+  located), lines of other events are not parsed: only their timestamp's second is
+  checked, a block of lines at a time (_no_such_second). This is what a check that
   needs a handful of events out of a 100 MB trace should use.
 """
 
@@ -271,6 +272,48 @@ def _chunks(fh: IO[str]) -> Iterator[tuple[str, bool]]:
         yield "\n" + data[: cut + 1], False
 
 
+_SECOND = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+_LINE_SECOND = re.compile(r"\n(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)")
+_SEGMENT = 1 << 18  # characters per block of _no_such_second
+_REAL_SECOND: dict[str, bool] = {}
+
+
+def _real_second(second: str) -> bool:
+    real = _REAL_SECOND.get(second)
+    if real is None:
+        try:
+            iso_seconds(second + "Z")
+            real = True
+        except ValueError:
+            real = False
+        _REAL_SECOND[second] = real
+    return real
+
+
+def _no_such_second(chunk: str) -> list[int]:
+    """The newline before each line of an ISO chunk whose stamp has the grammar's shape
+    but is no such time (day 00, month 13), which the full path reports on every line.
+
+    A trace spends thousands of lines in one second, so the chunk is taken in blocks:
+    when every line of a block starts with its first line's second (two counts, in C),
+    one look at that second decides the block; only a block where the second changes
+    is read line by line. Lines without the shape are odd lines, found elsewhere."""
+    bad: list[int] = []
+    end = len(chunk) - 1
+    a = 0
+    while a < end:
+        b = chunk.find("\n", min(a + _SEGMENT, end))
+        second = chunk[a + 1:a + 20]
+        if _SECOND.fullmatch(second) and chunk.count("\n", a, b) == chunk.count("\n" + second, a, b):
+            if not _real_second(second):
+                bad.extend(p for p in range(a, b) if chunk[p] == "\n")
+        else:
+            bad.extend(m.start() for m in _LINE_SECOND.finditer(chunk, a, b)
+                       if not _real_second(m.group(1)))
+        a = b
+    return bad
+
+
 def _scan(path: Path, comp: dict[str, _Compiled], wanted: frozenset[str]
           ) -> Iterator[TraceEvent]:
     with _open_text(path) as fh:
@@ -304,6 +347,8 @@ def _scan(path: Path, comp: dict[str, _Compiled], wanted: frozenset[str]
             # (position, finder index or -1 for an odd line, match or None)
             hits: list[tuple[int, int, re.Match[str] | None]] = [
                 (m.start(), -1, None) for m in odd_rx.finditer(chunk, 0, len(chunk) - 1)]
+            if iso:
+                hits.extend((p, -1, None) for p in _no_such_second(chunk))
             for idx, (_name, lit, rx, _c) in enumerate(finders):
                 n = chunk.count(lit)
                 if not n:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import SvmvalError
-from harness.trace import BadLine, InvDesc, TraceParseError, iter_events
+from harness.trace import BadLine, InvDesc, TraceParseError, iter_events, parser
 from harness.trace.follow import EventLog, TraceFollower
 from harness.viommu.descriptors import QEMU_10_SM_CAPS, InvalidDescriptor
 
@@ -81,6 +81,32 @@ def test_a_timestamp_of_no_such_date_is_an_error_not_a_crash(tmp_path: Path) -> 
     f = _write(tmp_path, lines)
     _both_paths_raise(f, TE11, 5, "bad timestamp prefix")
     _follower_raises(f, TE11, 5, "bad timestamp prefix")
+
+
+def test_a_line_of_no_such_day_is_an_error_even_when_its_event_is_not_read(tmp_path: Path) -> None:
+    # Found by tests/fuzz: day 00 on a vtd_inv_qi_head line (not in NAMES) was skipped by
+    # the selective scan, which looked at the time only on the lines of wanted events.
+    lines = QEMU11.read_text().splitlines(keepends=True)
+    lines[0] = lines[0].replace("2026-12-01T", "2026-12-00T", 1)
+    f = _write(tmp_path, lines)
+    _both_paths_raise(f, TE11, 1, "bad timestamp prefix")
+    _follower_raises(f, TE11, 1, "bad timestamp prefix")
+
+
+@pytest.mark.parametrize("block", [1 << 18, 200], ids=["one block", "blocks of 200 chars"])
+def test_every_line_of_a_second_that_does_not_exist_is_reported_on_both_paths(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    # The selective scan decides a block of lines by its first line's second when all
+    # share it; here a run of lines in the middle is moved to Feb 30, once one line of
+    # them and once a block edge between them.
+    monkeypatch.setattr(parser, "_SEGMENT", block)
+    lines = QEMU11.read_text().splitlines(keepends=True)
+    for i in range(50, 60):
+        lines[i] = lines[i].replace("2026-12-01T", "2026-02-30T", 1)
+    f = _write(tmp_path, lines)
+    for kw in ({}, {"names": ["vtd_inv_qi_tail"]}):
+        bad = [e for e in iter_events(f, trace_events=TE11, **kw) if isinstance(e, BadLine)]  # type: ignore[arg-type]
+        assert [(e.line, e.reason) for e in bad] == [(n, "bad timestamp prefix") for n in range(51, 61)]
 
 
 def test_the_real_traces_never_step_back_in_time() -> None:
