@@ -63,18 +63,21 @@ def _pointer(s: str) -> int:
     return 0 if s == "(nil)" else int(s, 16)
 
 
+# Integers are bounded by 64 bits, the widest type a trace event prints (20 decimal, 22
+# octal, 16 hex digits): a longer number is a damaged line, and int() of one over 4300
+# digits would raise instead of the line being a BadLine.
 _PATTERNS: dict[str, tuple[str, Converter]] = {
-    "d": (r"-?\d+", int), "i": (r"-?\d+", int), "u": (r"\d+", int), "o": (r"[0-7]+", int),
-    "x": (r"[0-9a-f]+", _hex), "X": (r"[0-9A-F]+", _hex),
+    "d": (r"-?\d{1,20}", int), "i": (r"-?\d{1,20}", int), "u": (r"\d{1,20}", int),
+    "o": (r"[0-7]{1,22}", int), "x": (r"[0-9a-f]{1,16}", _hex), "X": (r"[0-9A-F]{1,16}", _hex),
     # %s is the only ambiguous conversion; lazily matched, the rest of the
     # format (anchored at end of line) settles where it stops.
-    "s": (r".*?", _str), "c": (r".", _str), "p": (r"0x[0-9a-f]+|\(nil\)", _pointer),
+    "s": (r".*?", _str), "c": (r".", _str), "p": (r"0x[0-9a-f]{1,16}|\(nil\)", _pointer),
     "f": (r"[-+0-9.einf]+", float), "g": (r"[-+0-9.einf]+", float),
     "e": (r"[-+0-9.einf]+", float), "E": (r"[-+0-9.EINF]+", float),
 }
 
 
-# Hex digits each fixed-width type can print (other types are left unbounded).
+# Hex digits each fixed-width type can print (other types: 64 bits at most).
 _HEX_DIGITS = {"uint8_t": 2, "int8_t": 2, "uint16_t": 4, "int16_t": 4, "uint32_t": 8, "int32_t": 8,
                "uint64_t": 16, "int64_t": 16, "hwaddr": 16, "dma_addr_t": 16}
 
@@ -135,7 +138,7 @@ def compile_format(name: str, args: str, fmt_expr: str) -> EventFormat:
         if digits is not None:
             # printf cannot write more hex digits than the type holds: a longer number is
             # a damaged line, not a value wider than the field (a 17-digit uint64_t).
-            pat = pat.replace("+", f"{{1,{digits}}}")
+            pat = pat.replace("{1,16}", f"{{1,{digits}}}")
         if m.group("width") and "0" not in m.group("flags") and "-" not in m.group("flags"):
             pat = r" *(?:" + pat + ")"  # space-padded to a width
         if i < len(arg_types) and arg_types[i] == "bool":

@@ -41,10 +41,12 @@ Source = str | Path | Iterable[str]
 #   QEMU <= 10.x: "PID@SECONDS.MICROS:name args"
 #   QEMU >= 11:   "2026-11-24T20:26:22.230274Z name args", and, when the microseconds
 #                 are 0, glib's ISO 8601 drops the fraction: "2026-12-01T20:30:37Z name".
-_PID_PREFIX = r"\d+@\d+(?:\.\d+)?:"
+# A PID has at most 10 digits (pid_max <= 2^22): a longer one is not QEMU's, and int() of
+# one over 4300 digits would raise.
+_PID_PREFIX = r"\d{1,10}@\d+(?:\.\d+)?:"
 _ISO_PREFIX = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z "
 STAMP = re.compile(
-    r"(?:(?P<pid>\d+)@(?P<secs>\d+(?:\.\d+)?):"
+    r"(?:(?P<pid>\d{1,10})@(?P<secs>\d+(?:\.\d+)?):"
     r"|(?P<iso>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) )"
 )
 _EPOCH_OF: dict[str, float] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch seconds (one parse per second)

@@ -109,6 +109,21 @@ def test_every_line_of_a_second_that_does_not_exist_is_reported_on_both_paths(
         assert [(e.line, e.reason) for e in bad] == [(n, "bad timestamp prefix") for n in range(51, 61)]
 
 
+@pytest.mark.parametrize("damage", ["pid", "argument"])
+def test_a_number_longer_than_any_c_type_is_an_error_not_a_crash(tmp_path: Path, damage: str) -> None:
+    # int() refuses more than 4300 digits (ValueError); QEMU prints at most a 64-bit value
+    # and a PID of at most 10 digits, so a longer number is a damaged line.
+    lines = _ts_lines()
+    i = next(n for n, ln in enumerate(lines) if "vtd_inv_qi_tail " in ln)
+    rest = lines[i].split("@", 1)[1]
+    lines[i] = ("9" * 5000 + "@" + rest if damage == "pid"
+                else lines[i].replace("tail ", "tail " + "9" * 5000, 1))
+    f = _write(tmp_path, lines)
+    what = "bad timestamp prefix" if damage == "pid" else "arguments do not match"
+    _both_paths_raise(f, TE10, i + 1, what)
+    _follower_raises(f, TE10, i + 1, what)
+
+
 def test_the_real_traces_never_step_back_in_time() -> None:
     """The evidence for the tolerance: QEMU takes the time before the log lock, so lines
     may step back by a lock wait, but the real captures (13,944 lines from 3 threads, 201
