@@ -27,7 +27,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from guest_image.build import GuestImage
 from guest_image.recipe import READY_MARKER
-from harness.errors import EnvironmentBroken, GuestError
+from harness.errors import ConfigError, EnvironmentBroken, GuestError
 from harness.guest import GuestChannel
 from harness.inventory import HostSpec, KnownHostsPolicy, Nesting
 from harness.qemu.machine import QmpControl
@@ -196,9 +196,22 @@ class RemoteMachine(QmpControl):
         if writable:
             raise EnvironmentBroken("guest RAM on a lab host is read-only to the harness")
         sftp = self.t.transport.open_sftp_client()
-        f = sftp.open(str(self.ram_path), "rb")
+        where = f"{self.lab.host.name}:{self.ram_path}"
         size = self.memory_mib << 20
-        return _RemoteMemory(_RemoteBytes(f, size), q35_regions(size))
+        try:
+            have = sftp.stat(str(self.ram_path)).st_size or 0
+        except OSError as e:
+            raise ConfigError(f"guest memory file {where} cannot be read ({e}); start the VM with "
+                              "memory-backend-file,share=on or fix the path") from e
+        # A file shorter than the guest's RAM would read as short chunks: a struct.error,
+        # or a smaller number where a page-table entry was. Name it, like from_file does.
+        if have < size:
+            raise ConfigError(
+                f"guest memory file {where} is {have:#x} bytes, shorter than the guest's RAM "
+                f"({size:#x} bytes); use the file QEMU's memory-backend-file wrote for this VM, "
+                "or give the guest's real memory size")
+        f = sftp.open(str(self.ram_path), "rb")
+        return _RemoteMemory(_RemoteBytes(f, size, where), q35_regions(size))
 
 
 class _RemoteMemory(GuestMemory):
@@ -225,8 +238,8 @@ class _RemoteBytes:
 
     CHUNK = 64 << 10
 
-    def __init__(self, f: Any, size: int):
-        self.f, self.size = f, size
+    def __init__(self, f: Any, size: int, where: str):
+        self.f, self.size, self.where = f, size, where
         self.cache: dict[int, bytes] = {}
 
     def __len__(self) -> int:
@@ -245,7 +258,11 @@ class _RemoteBytes:
             i, off = divmod(start, self.CHUNK)
             part = self._chunk(i)[off : off + stop - start]
             if not part:
-                break
+                # Checked at open, so the file was cut while the guest ran.
+                raise ConfigError(
+                    f"guest memory file {self.where} has nothing at offset {start:#x}: it is now "
+                    f"{self.f.stat().st_size:#x} bytes, shorter than the guest's RAM ({self.size:#x} bytes); "
+                    "was it cut or replaced during the run?")
             out += part
             start += len(part)
         return bytes(out)
