@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.viommu import GuestMemory
+from harness.viommu import GuestMemory, Pgtt, VtdConfig
+from harness.viommu.faults import WalkFault
+from harness.viommu.first_stage import FsParams, fs_walk
+from harness.viommu.pasid import pasid_entry_lookup
+from harness.viommu.root_context import scalable_context_lookup
 
 _ADDR = ((1 << 52) - 1) & ~0xFFF
 
@@ -21,31 +25,28 @@ class SeededPte:
     new: int
 
 
+# Seeding finds a PTE and judges nothing, so the unit is taken to have every optional
+# feature (RID_PASID honoured, 5-level tables, EAFE): only the spec's layouts decide.
+_ANY_UNIT = VtdConfig(rps=True, rprivs=True, fs5lp=True, eafs=True)
+
+
 def first_stage_leaf(memory: GuestMemory, root: int, sid: int, addr: int) -> tuple[int, int]:
     """(GPA of the leaf PTE, its value) for a request without PASID (RID_PASID), scalable
-    mode, 4-level first stage. Follows the spec layouts (docs/VTD_FACTS.md §2.3, 2.4, 3, 4.1)."""
-    bus, devfn = sid >> 8, sid & 0xFF
-    root_lo, root_hi = memory.read_u64(root + bus * 16), memory.read_u64(root + bus * 16 + 8)
-    half = root_hi if devfn >= 128 else root_lo
-    if not half & 1:
-        raise LookupError(f"root entry for bus {bus} not present")
-    ctx = (half & _ADDR) + (devfn & 0x7F) * 32
-    ctx0, ctx1 = memory.read_u64(ctx), memory.read_u64(ctx + 8)
-    if not ctx0 & 1:
-        raise LookupError(f"context entry for sid {sid:#x} not present")
-    pasid = ctx1 & 0xFFFFF  # RID_PASID
-    dir_entry = memory.read_u64((ctx0 & _ADDR) + (pasid >> 6) * 8)
-    pe = (dir_entry & _ADDR) + (pasid & 0x3F) * 64
-    table = memory.read_u64(pe + 16) & _ADDR  # FLPTPTR
-    for level in (4, 3, 2, 1):
-        at = table + ((addr >> (12 + 9 * (level - 1))) & 0x1FF) * 8
-        entry = memory.read_u64(at)
-        if not entry & 1:
-            raise LookupError(f"{addr:#x} not mapped at level {level}")
-        if level == 1 or entry & 0x80:
-            return at, entry
-        table = entry & _ADDR
-    raise AssertionError("unreachable")
+    mode, first stage: the model's own lookups and walk (supervisor read, A/D untouched,
+    XD read as NXE=1 reads it: a process's tables set it on data pages). Raises
+    LookupError where the model's walk faults."""
+    cap, ecap, haw = _ANY_UNIT.cap(), _ANY_UNIT.ecap(), _ANY_UNIT.host_address_width
+    try:
+        ctx = scalable_context_lookup(memory, root, sid, ecap, haw)
+        pe = pasid_entry_lookup(memory, ctx, ctx.rid_pasid, cap, ecap, haw).entry
+        if pe.pgtt not in (Pgtt.FIRST_STAGE, Pgtt.NESTED):
+            raise LookupError(f"sid {sid:#x}: PASID entry has no first stage (PGTT {pe.pgtt:#05b})")
+        params = FsParams.make(pe.flptptr, flpm=pe.flpm, haw=haw, fs1gp=True, nxe=True)
+        r = fs_walk(memory, params, addr, priv=True, update_ad=False)
+    except WalkFault as exc:
+        raise LookupError(f"{addr:#x} from sid {sid:#x}: the walk faults with {exc.reason.name} "
+                          f"({exc.stage}, level {exc.level})") from None
+    return r.leaf_addr, r.leaf_pte
 
 
 def retarget_pte(memory: GuestMemory, root: int, sid: int, addr: int, new_page: int) -> SeededPte:
