@@ -14,16 +14,28 @@ capabilities beyond SMTS/PRS/PDS (DT, IR, MAMV, drain support).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from . import descriptors as dsc
 from .bits import mask
-from .memory import MemoryAccessError
-from .registers import Fsts, IqeCode, Reg
+from .caches import TranslationCaches
+from .capability import Cap, Ecap
+from .memory import GuestMemory, MemoryAccessError
+from .prq import PageRequestQueue
+from .registers import Fsts, IqeCode, Reg, RegisterFile
 
-if TYPE_CHECKING:
-    from .caches import TranslationCaches
-    from .model import VtdModel
+
+class QueueHost(Protocol):
+    """What the queue needs of its remapping unit (the model): a Protocol, as
+    registers.RegisterHooks is, so that this module does not import model.py, which
+    imports it."""
+
+    cap: Cap
+    ecap: Ecap
+    regs: RegisterFile
+    memory: GuestMemory
+    caches: TranslationCaches
+    prq: PageRequestQueue  # page group responses answer its requests
 
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
 _STOPPED = int(Fsts.IQE | Fsts.ITE)  # plain int: IntFlag arithmetic is slow in hot paths
@@ -71,7 +83,7 @@ class ProcessedDescriptor:
 class InvalidationQueue:
     """The QI engine of one remapping unit."""
 
-    def __init__(self, model: VtdModel) -> None:
+    def __init__(self, model: QueueHost) -> None:
         self.model = model
         self.enabled = False
         self.last_type: int | None = None

@@ -15,17 +15,31 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .bits import QWORD
+from .caches import ContextCacheEntry
+from .capability import Ecap
 from .descriptors import PageRequest, ResponseCode
 from .faults import Fault, FaultReason, RequestType
-from .memory import MemoryAccessError
-from .registers import PRS_PPR, PRS_PRO, FaultOutcome, Reg
+from .memory import GuestMemory, MemoryAccessError
+from .registers import PRS_PPR, PRS_PRO, FaultOutcome, Reg, RegisterFile
 from .root_context import ScalableContextEntry, TranslationTableMode
 
-if TYPE_CHECKING:
-    from .model import VtdModel
+
+class PrqHost(Protocol):
+    """What the page request queue needs of its remapping unit (the model): a Protocol,
+    as registers.RegisterHooks is, so that this module does not import model.py, which
+    imports it."""
+
+    ecap: Ecap
+    regs: RegisterFile
+    memory: GuestMemory
+    te: bool
+    ttm: TranslationTableMode
+
+    def context_entry(self, sid: int) -> ContextCacheEntry: ...
+    def record_fault(self, fault: Fault, fpd: bool = False) -> FaultOutcome: ...
 
 FR = FaultReason
 PRQ_DESC_SIZE = 32
@@ -83,7 +97,7 @@ class PrgResponseMessage:
 class PageRequestQueue:
     """PRQ state of one remapping unit."""
 
-    def __init__(self, model: VtdModel) -> None:
+    def __init__(self, model: PrqHost) -> None:
         self.model = model
         self.outstanding: Counter[tuple[int, int | None, int]] = Counter()
         self.responses: list[PrgResponseMessage] = []
