@@ -402,6 +402,9 @@ def _scan(path: Path, comp: dict[str, _Compiled], wanted: frozenset[str]
                     if ev is not None:
                         yield ev
                     continue
+                # A damaged line may hold this literal twice (a newline lost between two
+                # lines, the %s argument taking the rest): the line is one event.
+                done = line
                 yield c.build(name, line, pid, ts, m.groups())
             base = last_line
 

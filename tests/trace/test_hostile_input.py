@@ -124,6 +124,18 @@ def test_a_number_longer_than_any_c_type_is_an_error_not_a_crash(tmp_path: Path,
     _follower_raises(f, TE10, i + 1, what)
 
 
+def test_a_line_run_into_its_copy_is_one_event_on_both_paths(tmp_path: Path) -> None:
+    # Found by tests/fuzz: the newline between a line and its copy lost, the selective
+    # scan found the event's name twice in the line and yielded the line twice.
+    lines = _ts_lines()
+    i = next(n for n, ln in enumerate(lines) if "vtd_inv_desc " in ln)
+    lines[i] = lines[i][:-1] + lines[i]  # vtd_inv_desc's %s type takes the copy's start
+    f = _write(tmp_path, lines)
+    full = [e for e in iter_events(f, trace_events=TE10) if e.name in NAMES]
+    assert list(iter_events(f, names=NAMES, trace_events=TE10)) == full
+    assert [e.line for e in full].count(i + 1) == 1
+
+
 def test_the_real_traces_never_step_back_in_time() -> None:
     """The evidence for the tolerance: QEMU takes the time before the log lock, so lines
     may step back by a lock wait, but the real captures (13,944 lines from 3 threads, 201
