@@ -174,11 +174,18 @@ def decode_fields(cls: type[T], value: int, **extra: Any) -> T:
 
 def encode_fields(obj: Any) -> int:
     """Raw integer of a bit-field dataclass; values wider than their field raise."""
-    owner = type(obj).__name__
     value = 0
-    for spec in layout(type(obj)):
-        value |= spec.put(int(getattr(obj, spec.name)), owner)
+    for name, shift, m, spec in _readers(type(obj)):
+        v = int(getattr(obj, name))
+        if spec is None and v >= 0 and not v & ~m:  # fits: the common case, without a call
+            value |= v << shift
+        else:
+            value |= (spec or _spec(type(obj), name)).put(v, type(obj).__name__)
     return value
+
+
+def _spec(cls: type, name: str) -> FieldSpec:
+    return next(s for s in layout(cls) if s.name == name)
 
 
 def split_qwords(value: int, count: int) -> tuple[int, ...]:

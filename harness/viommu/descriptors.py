@@ -27,6 +27,7 @@ from .bits import (
     addr_bits,
     bits,
     defined_mask,
+    encode_fields,
     field_values,
     join_qwords,
     layout,
@@ -119,11 +120,7 @@ class _BitStruct:
     """Common encode for the descriptor and page-request dataclasses."""
 
     def _raw(self) -> int:
-        raw = 0
-        owner = type(self).__name__
-        for spec in layout(type(self)):
-            raw |= spec.put(int(getattr(self, spec.name)), owner)
-        return raw
+        return encode_fields(self)
 
 
 @dataclass(frozen=True)
