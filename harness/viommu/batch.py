@@ -96,17 +96,18 @@ def _ss_translate(ram: U64, p: SsParams, gpa: U64, need: int, leaf_need: int,
     return _frame(pte) | (gpa & 0xFFF)
 
 
-def _fs_rights_ok(p: FsParams, write: bool, priv: bool) -> npt.NDArray[np.bool_]:
+def _fs_rights_ok(p: FsParams, *, write: bool, priv: bool) -> npt.NDArray[np.bool_]:
     """Whether a request is allowed, indexed by RW | US << 1 | XD << 2 of the rights
     accumulated over the FS walk: :func:`fs_access_fault` for all eight combinations."""
     return np.array([
-        fs_access_fault(p, bool(i & 1), bool(i & 2), bool(i & 4), write, False, priv) is None
+        fs_access_fault(p, rw=bool(i & 1), us=bool(i & 2), xd=bool(i & 4), write=write,
+                        execute=False, priv=priv) is None
         for i in range(8)
     ])
 
 
 def nested_walk_batch(mem: GuestMemory, fsp: FsParams, ssp: SsParams, addrs: Sequence[int],
-                      write: bool, priv: bool, update_ad: bool) -> BatchWalk | None:
+                      *, write: bool, priv: bool, update_ad: bool) -> BatchWalk | None:
     """Walk every address of ``addrs`` (non-execute requests); None when the batch as a
     whole cannot be done here (RAM not flat, or an address that is no u64)."""
     flat = mem.flat
@@ -142,7 +143,7 @@ def nested_walk_batch(mem: GuestMemory, fsp: FsParams, ssp: SsParams, addrs: Seq
         table = _frame(pte)
     leaf = pte
     combo = ((rights & FS_RW) != 0) | (((rights & FS_US) != 0) << 1) | (((xd & FS_XD) != 0) << 2)
-    flagged |= ~_fs_rights_ok(fsp, write, priv)[combo.astype(np.intp)]
+    flagged |= ~_fs_rights_ok(fsp, write=write, priv=priv)[combo.astype(np.intp)]
     if update_ad and write:
         flagged |= (leaf & FS_D) == 0  # the walk would set the FS leaf's D bit
 

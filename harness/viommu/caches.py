@@ -30,7 +30,7 @@ MISS = "miss"
 Decision = FaultReason | None | str
 
 
-def decision_index(write: bool, execute: bool, privileged: bool) -> int:
+def decision_index(*, write: bool, execute: bool, privileged: bool) -> int:
     return int(write) | int(execute) << 1 | int(privileged) << 2
 
 

@@ -45,7 +45,7 @@ TableXlate = Callable[[int, int], int]
 
 
 def fs_reserved_masks(
-    haw: int, levels: int, fs1gp: bool, nxe: bool
+    haw: int, levels: int, *, fs1gp: bool, nxe: bool
 ) -> tuple[dict[int, int], dict[int, int]]:
     """(non-leaf, leaf) reserved masks per level for IA-32e entries."""
     base = haw_mask(haw, 51) if haw < 52 else 0
@@ -89,7 +89,7 @@ class FsParams:
         eafe: bool = False,
     ) -> FsParams:
         levels = 5 if flpm == 1 else 4
-        nonleaf, leaf = fs_reserved_masks(haw, levels, fs1gp, nxe)
+        nonleaf, leaf = fs_reserved_masks(haw, levels, fs1gp=fs1gp, nxe=nxe)
         return cls(root & ADDR_MASK_4K, levels, wpe, nxe, smep, eafe, nonleaf, leaf,
                    tuple(nonleaf.get(i, 0) for i in range(levels + 1)),
                    tuple(leaf.get(i, 0) for i in range(4)))
@@ -120,7 +120,7 @@ class FsResult(NamedTuple):
 
 
 def fs_access_fault(
-    p: FsParams, rw: bool, us: bool, xd: bool, write: bool, execute: bool, priv: bool
+    p: FsParams, *, rw: bool, us: bool, xd: bool, write: bool, execute: bool, priv: bool
 ) -> FaultReason | None:
     """The fault a request with these accumulated rights takes, or None."""
     if not priv and not us:
@@ -136,6 +136,7 @@ def fs_walk(
     mem: GuestMemory,
     p: FsParams,
     addr: int,
+    *,
     write: bool = False,
     execute: bool = False,
     priv: bool = False,
@@ -204,7 +205,7 @@ def fs_walk(
         table = pte & ADDR_MASK_4K
         level -= 1
     rwb, usb, xdb = bool(rw & FS_RW), bool(rw & FS_US), bool(xd & FS_XD)
-    reason = fs_access_fault(p, rwb, usb, xdb, write, execute, priv)
+    reason = fs_access_fault(p, rw=rwb, us=usb, xd=xdb, write=write, execute=execute, priv=priv)
     if reason is not None:
         raise WalkFault(reason, level, "fs")
     dirty = bool(pte & FS_D)

@@ -221,9 +221,10 @@ class VtdModel:
                 return _tuple_new(Translation, (
                     True, e.out_base | (addr & (e.page_size - 1)), e.page_size, None, e.did,
                     e.pgtt, e.leaf_pte, e.level, e.pasid, "iotlb", None, e.fpd))
-        t = self._resolve(sid, addr, pasid, write, execute, privileged, True, True, True)
+        t = self._resolve(sid, addr, pasid, write=write, execute=execute, priv=privileged,
+                          use_caches=True, fill=True, update_ad=True)
         if t.fault is not None:
-            t = self._report(t, sid, addr, pasid, write, execute, privileged)
+            t = self._report(t, sid, addr, pasid, write=write, execute=execute, priv=privileged)
         return t
 
     def translate_many(self, sid: int, addrs: Iterable[int], *, pasid: int | None = None,
@@ -253,8 +254,8 @@ class VtdModel:
         """A full table walk ignoring and not filling caches (no fault recording)."""
         if pasid is None:
             execute = privileged = False
-        return self._resolve(sid, addr, pasid, write, execute, privileged, False, False,
-                             update_ad)
+        return self._resolve(sid, addr, pasid, write=write, execute=execute, priv=privileged,
+                             use_caches=False, fill=False, update_ad=update_ad)
 
     def walk_many(self, sid: int, addrs: Sequence[int], *, pasid: int | None = None,
                   write: bool = False, update_ad: bool = True) -> list[Translation]:
@@ -262,27 +263,31 @@ class VtdModel:
         recording). Root/context/PASID entries are read once for the batch, as a unit
         whose context and PASID caches hit would."""
         if not self.te or self.ttm != TTM.SCALABLE:
-            return [self._resolve(sid, a, pasid, write, False, False, False, False, update_ad)
+            return [self._resolve(sid, a, pasid, write=write, execute=False, priv=False,
+                                  use_caches=False, fill=False, update_ad=update_ad)
                     for a in addrs]
-        pre = self._scalable_prefix(sid, pasid, False, False, False)
+        pre = self._scalable_prefix(sid, pasid, priv=False, use_caches=False, fill=False)
         if isinstance(pre, Translation):
             return [pre] * len(addrs)
         eff, priv, pce = pre
 
         def walk_one(a: int) -> Translation:
             if pasid is None and INTERRUPT_BASE <= a < INTERRUPT_END:
-                return self._resolve(sid, a, pasid, write, False, False, False, False, update_ad)
-            return self._scalable_tail(sid, a, pasid, eff, pce, write, False, priv, False,
-                                       False, update_ad)
+                return self._resolve(sid, a, pasid, write=write, execute=False, priv=False,
+                                     use_caches=False, fill=False, update_ad=update_ad)
+            return self._scalable_tail(sid, a, pasid, eff, pce, write=write, execute=False,
+                                       priv=priv, use_caches=False, fill=False,
+                                       update_ad=update_ad)
 
-        batch = self._nested_batch(addrs, pasid, eff, pce, write, priv, update_ad, walk_one)
+        batch = self._nested_batch(addrs, pasid, eff, pce, walk_one, write=write, priv=priv,
+                                   update_ad=update_ad)
         if batch is not None:
             return batch
         return [walk_one(a) for a in addrs]
 
     def _nested_batch(self, addrs: Sequence[int], pasid: int | None, eff: int,
-                      pce: PasidCacheEntry, write: bool, priv: bool, update_ad: bool,
-                      walk_one: Callable[[int], Translation]) -> list[Translation] | None:
+                      pce: PasidCacheEntry, walk_one: Callable[[int], Translation], *,
+                      write: bool, priv: bool, update_ad: bool) -> list[Translation] | None:
         """walk_many for a nested PASID entry: the whole batch walked together
         (:mod:`.batch`), lanes it flags walked one by one by ``walk_one``; None when the
         batch walker does not apply."""
@@ -290,8 +295,8 @@ class VtdModel:
         pe = pce.lookup.entry
         if pe.pgtt != Pgtt.NESTED or (priv and not pe.sre):
             return None
-        walked = nested_walk_batch(self.memory, pce.fs_params, pce.ss_params, addrs, write, priv,
-                                   update_ad)
+        walked = nested_walk_batch(self.memory, pce.fs_params, pce.ss_params, addrs, write=write,
+                                   priv=priv, update_ad=update_ad)
         if walked is None:
             return None
         did, fpd, pgtt = pe.did, pce.fpd, Pgtt.NESTED
@@ -323,8 +328,10 @@ class VtdModel:
         """
         if pasid is None:
             execute = privileged = False
-        cached = self._resolve(sid, addr, pasid, write, execute, privileged, True, False, False)
-        fresh = self._resolve(sid, addr, pasid, write, execute, privileged, False, False, False)
+        cached = self._resolve(sid, addr, pasid, write=write, execute=execute, priv=privileged,
+                               use_caches=True, fill=False, update_ad=False)
+        fresh = self._resolve(sid, addr, pasid, write=write, execute=execute, priv=privileged,
+                              use_caches=False, fill=False, update_ad=False)
         return StaleReport(cached.answer() != fresh.answer(), cached, fresh)
 
     def is_stale(self, sid: int, addr: int, pasid: int | None = None, *, write: bool = False,
@@ -338,7 +345,7 @@ class VtdModel:
         return self.caches.state()
 
     # ------------------------------------------------------------------ fault reporting
-    def _report(self, t: Translation, sid: int, addr: int, pasid: int | None, write: bool,
+    def _report(self, t: Translation, sid: int, addr: int, pasid: int | None, *, write: bool,
                 execute: bool, priv: bool) -> Translation:
         self.stats["faults"] += 1
         assert t.fault is not None
@@ -356,7 +363,7 @@ class VtdModel:
         return self.regs.record_fault(fault)
 
     # ------------------------------------------------------------------ pipeline
-    def _resolve(self, sid: int, addr: int, pasid: int | None, write: bool, execute: bool,
+    def _resolve(self, sid: int, addr: int, pasid: int | None, *, write: bool, execute: bool,
                  priv: bool, use_caches: bool, fill: bool, update_ad: bool) -> Translation:
         self.stats["translations"] += 1
         if not self.te:
@@ -369,10 +376,11 @@ class VtdModel:
         if ttm == TTM.LEGACY:
             if pasid is not None:
                 return _fault(FR.SM_TTM_LEGACY_PASID)
-            return self._resolve_legacy(sid, addr, write, use_caches, fill, update_ad)
+            return self._resolve_legacy(sid, addr, write=write, use_caches=use_caches, fill=fill,
+                                        update_ad=update_ad)
         if ttm == TTM.SCALABLE:
-            return self._resolve_scalable(sid, addr, pasid, write, execute, priv, use_caches,
-                                          fill, update_ad)
+            return self._resolve_scalable(sid, addr, pasid, write=write, execute=execute, priv=priv,
+                                          use_caches=use_caches, fill=fill, update_ad=update_ad)
         if ttm == TTM.ABORT_DMA and self.ecap.adms:
             return Translation(False, None, 0, None, source="abort")
         return _fault(FR.SM_RTA_INVALID)
@@ -380,9 +388,9 @@ class VtdModel:
     # -- context ------------------------------------------------------------------------
     def context_entry(self, sid: int) -> ContextCacheEntry:
         """The context entry for ``sid`` in the latched mode, through the context cache."""
-        return self._context(sid, self.ttm == TTM.SCALABLE, True, True)
+        return self._context(sid, scalable=self.ttm == TTM.SCALABLE, use_caches=True, fill=True)
 
-    def _context(self, sid: int, scalable: bool, use_caches: bool, fill: bool
+    def _context(self, sid: int, *, scalable: bool, use_caches: bool, fill: bool
                  ) -> ContextCacheEntry:
         if use_caches:
             ce = self.caches.context.get(sid)
@@ -413,7 +421,7 @@ class VtdModel:
             self.caches.context[sid] = ce
         return ce
 
-    def _pasid_entry(self, sid: int, ctx: ScalableContextEntry, pasid: int, use_caches: bool,
+    def _pasid_entry(self, sid: int, ctx: ScalableContextEntry, pasid: int, *, use_caches: bool,
                      fill: bool) -> PasidCacheEntry:
         if use_caches:
             pe = self.caches.pasid.get((sid, pasid))
@@ -442,9 +450,9 @@ class VtdModel:
         return ce
 
     # -- legacy --------------------------------------------------------------------------
-    def _resolve_legacy(self, sid: int, addr: int, write: bool, use_caches: bool, fill: bool,
+    def _resolve_legacy(self, sid: int, addr: int, *, write: bool, use_caches: bool, fill: bool,
                         update_ad: bool) -> Translation:
-        cce = self._context(sid, False, use_caches, fill)
+        cce = self._context(sid, scalable=False, use_caches=use_caches, fill=fill)
         if cce.fault is not None:
             return _fault(cce.fault, cce.fpd, source="context")
         ctx = cce.entry
@@ -465,7 +473,7 @@ class VtdModel:
         ssp = cce.ss_params
         self.stats["walks"] += 1
         try:
-            r = ss_walk(self.memory, ssp, addr, write, False, update_ad)
+            r = ss_walk(self.memory, ssp, addr, write=write, execute=False, update_ad=update_ad)
         except WalkFault as f:
             if fill:
                 self._fill_negative(f, did, None, Pgtt.SECOND_STAGE, addr, idx, fpd)
@@ -475,25 +483,25 @@ class VtdModel:
         t = Translation(True, r.address, r.page_size, None, did, Pgtt.SECOND_STAGE, r.leaf_pte,
                         r.level, None, "walk", None, fpd)
         if fill:
-            dec = self._ss_decisions(ssp, r.r, r.w, r.x, r.dirty, None)
+            dec = self._ss_decisions(ssp, r=r.r, w=r.w, x=r.x, dirty=r.dirty, first=None)
             self._fill(sid, None, addr, t, dec, did, None)
         return t
 
     # -- scalable ------------------------------------------------------------------------
-    def _resolve_scalable(self, sid: int, addr: int, pasid: int | None, write: bool,
+    def _resolve_scalable(self, sid: int, addr: int, pasid: int | None, *, write: bool,
                           execute: bool, priv: bool, use_caches: bool, fill: bool,
                           update_ad: bool) -> Translation:
-        pre = self._scalable_prefix(sid, pasid, priv, use_caches, fill)
+        pre = self._scalable_prefix(sid, pasid, priv=priv, use_caches=use_caches, fill=fill)
         if isinstance(pre, Translation):
             return pre
         eff, priv, pce = pre
-        return self._scalable_tail(sid, addr, pasid, eff, pce, write, execute, priv, use_caches,
-                                   fill, update_ad)
+        return self._scalable_tail(sid, addr, pasid, eff, pce, write=write, execute=execute, priv=priv,
+                                   use_caches=use_caches, fill=fill, update_ad=update_ad)
 
-    def _scalable_prefix(self, sid: int, pasid: int | None, priv: bool, use_caches: bool,
+    def _scalable_prefix(self, sid: int, pasid: int | None, *, priv: bool, use_caches: bool,
                          fill: bool) -> Translation | tuple[int, bool, PasidCacheEntry]:
         """Context + PASID lookup: (effective PASID, privilege, PASID entry) or a fault."""
-        cce = self._context(sid, True, use_caches, fill)
+        cce = self._context(sid, scalable=True, use_caches=use_caches, fill=fill)
         if cce.fault is not None:
             return _fault(cce.fault, cce.fpd, pasid=pasid, source="context")
         ctx = cce.entry
@@ -506,13 +514,13 @@ class VtdModel:
             if not ctx.paside:
                 return _fault(FR.SM_PASIDE_CLEAR, cce.fpd, pasid=pasid)
             eff = pasid
-        pce = self._pasid_entry(sid, ctx, eff, use_caches, fill)
+        pce = self._pasid_entry(sid, ctx, eff, use_caches=use_caches, fill=fill)
         if pce.fault is not None:
             return _fault(pce.fault, pce.fpd, pasid=eff, source="pasid")
         return eff, priv, pce
 
     def _scalable_tail(self, sid: int, addr: int, pasid: int | None, eff: int,
-                       pce: PasidCacheEntry, write: bool, execute: bool, priv: bool,
+                       pce: PasidCacheEntry, *, write: bool, execute: bool, priv: bool,
                        use_caches: bool, fill: bool, update_ad: bool) -> Translation:
         assert pce.lookup is not None
         pe = pce.lookup.entry
@@ -545,15 +553,15 @@ class VtdModel:
                     if pe_ is not None:
                         start = (pe_.level - 1, pe_.next_table, pe_.rights, pe_.xd)
                 collect: list[tuple[int, int, int, int, int]] | None = [] if fill else None
-                r: Any = fs_walk(mem, pce.fs_params, addr, write, execute, priv, None, update_ad,
-                                 start, collect)
+                r: Any = fs_walk(mem, pce.fs_params, addr, write=write, execute=execute, priv=priv,
+                                 update_ad=update_ad, start=start, collect=collect)
                 if collect:
                     self._fill_psc(did, eff, addr, collect)
             elif pgtt == Pgtt.SECOND_STAGE:
-                r = ss_walk(mem, pce.ss_params, addr, write, execute, update_ad)
+                r = ss_walk(mem, pce.ss_params, addr, write=write, execute=execute, update_ad=update_ad)
             else:
-                r = nested_walk(mem, pce.fs_params, pce.ss_params, addr, write, execute, priv,
-                                update_ad)
+                r = nested_walk(mem, pce.fs_params, pce.ss_params, addr, write=write, execute=execute,
+                                priv=priv, update_ad=update_ad)
         except WalkFault as f:
             if fill and f.stage == "ss":
                 self._fill_negative(f, did, eff, pgtt, addr, idx, fpd)
@@ -566,12 +574,15 @@ class VtdModel:
         if fill:
             # Decisions for every request class are only needed to cache the result.
             if pgtt == Pgtt.FIRST_STAGE:
-                dec = self._fs_decisions(pce.fs_params, r.rw, r.us, r.xd, r.dirty)
+                dec = self._fs_decisions(pce.fs_params, rw=r.rw, us=r.us, xd=r.xd, dirty=r.dirty)
             elif pgtt == Pgtt.SECOND_STAGE:
-                dec = self._ss_decisions(pce.ss_params, r.r, r.w, r.x, r.dirty, None)
+                dec = self._ss_decisions(pce.ss_params, r=r.r, w=r.w, x=r.x, dirty=r.dirty,
+                                         first=None)
             else:
-                fsd = self._fs_decisions(pce.fs_params, r.fs.rw, r.fs.us, r.fs.xd, r.dirty)
-                dec = self._ss_decisions(pce.ss_params, r.ss.r, r.ss.w, r.ss.x, r.dirty, fsd)
+                fsd = self._fs_decisions(pce.fs_params, rw=r.fs.rw, us=r.fs.us, xd=r.fs.xd,
+                                         dirty=r.dirty)
+                dec = self._ss_decisions(pce.ss_params, r=r.ss.r, w=r.ss.w, x=r.ss.x,
+                                         dirty=r.dirty, first=fsd)
             # SRE/ERE were checked above; fold them into the cached decisions too.
             dec = [self._pasid_checks(pe.sre, pe.ere, i) or d for i, d in enumerate(dec)]
             self._fill(sid, pasid, addr, t, dec, did, eff)
@@ -587,19 +598,19 @@ class VtdModel:
 
     # -- decisions -----------------------------------------------------------------------
     @staticmethod
-    def _fs_decisions(p: FsParams, rw: bool, us: bool, xd: bool, dirty: bool
+    def _fs_decisions(p: FsParams, *, rw: bool, us: bool, xd: bool, dirty: bool
                       ) -> list[Decision]:
         out: list[Decision] = []
         for idx in range(8):
             w, x, pr = bool(idx & 1), bool(idx & 2), bool(idx & 4)
-            r: Decision = fs_access_fault(p, rw, us, xd, w, x, pr)
+            r: Decision = fs_access_fault(p, rw=rw, us=us, xd=xd, write=w, execute=x, priv=pr)
             if r is None and w and not dirty:
                 r = MISS
             out.append(r)
         return out
 
     @staticmethod
-    def _ss_decisions(p: SsParams, r: bool, w: bool, x: bool, dirty: bool,
+    def _ss_decisions(p: SsParams, *, r: bool, w: bool, x: bool, dirty: bool,
                       first: list[Decision] | None) -> list[Decision]:
         codes = p.codes
         out: list[Decision] = []
@@ -688,16 +699,18 @@ class VtdModel:
             execute = privileged = False
         if self.te and self.ttm in (TTM.LEGACY, TTM.SCALABLE):
             scalable = self.ttm == TTM.SCALABLE
-            cce = self._context(sid, scalable, True, True)
+            cce = self._context(sid, scalable=scalable, use_caches=True, fill=True)
             if cce.fault is None:
                 ctx = cce.entry
                 if scalable and isinstance(ctx, ScalableContextEntry) and not ctx.dte:
                     t = _fault(FR.SM_DTE_CLEAR, cce.fpd, pasid=pasid)
-                    return self._report(t, sid, addr, pasid, write, execute, privileged)
+                    return self._report(t, sid, addr, pasid, write=write, execute=execute,
+                                        priv=privileged)
                 if (not scalable and isinstance(ctx, LegacyContextEntry)
                         and ctx.tt != TranslationType.UNTRANSLATED_ATS):
                     t = _fault(FR.TT_BLOCKED, cce.fpd)
-                    return self._report(t, sid, addr, pasid, write, execute, privileged)
+                    return self._report(t, sid, addr, pasid, write=write, execute=execute,
+                                        priv=privileged)
         t = self.translate(sid, addr, pasid=pasid, write=write, execute=execute,
                            privileged=privileged)
         if t.ok and t.source != "disabled" and t.address is not None:

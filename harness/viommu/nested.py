@@ -74,24 +74,28 @@ def nested_walk(
     fsp: FsParams,
     ssp: SsParams,
     addr: int,
+    *,
     write: bool = False,
     execute: bool = False,
     priv: bool = False,
     update_ad: bool = True,
 ) -> NestedResult:
     """Translate ``addr`` (an IOVA/GVA) to an HPA through FS then SS."""
-    fast = _nested_walk_fast(mem, fsp, ssp, addr, write, execute, priv, update_ad)
+    fast = _nested_walk_fast(mem, fsp, ssp, addr, write=write, execute=execute, priv=priv,
+                             update_ad=update_ad)
     if fast is not None:
         return fast
 
     def xlate(gpa: int, purpose: int) -> int:
         try:
-            return ss_walk(mem, ssp, gpa, purpose == XLATE_AD, False, update_ad, True)
+            return ss_walk(mem, ssp, gpa, write=purpose == XLATE_AD, execute=False,
+                           update_ad=update_ad, addr_only=True)
         except WalkFault as f:
             raise WalkFault(nested_table_fault(f.reason, purpose), f.level, "nested-ss") from None
 
-    fs = fs_walk(mem, fsp, addr, write, execute, priv, xlate=xlate, update_ad=update_ad)
-    ss = ss_walk(mem, ssp, fs.address, write, execute, update_ad=update_ad)
+    fs = fs_walk(mem, fsp, addr, write=write, execute=execute, priv=priv, xlate=xlate,
+                 update_ad=update_ad)
+    ss = ss_walk(mem, ssp, fs.address, write=write, execute=execute, update_ad=update_ad)
     size = min(fs.page_size, ss.page_size)
     return NestedResult(
         ss.address, size, fs.level, fs.leaf_pte, fs.leaf_addr, fs, ss, fs.dirty and ss.dirty
@@ -103,6 +107,7 @@ def _nested_walk_fast(
     fsp: FsParams,
     ssp: SsParams,
     addr: int,
+    *,
     write: bool,
     execute: bool,
     priv: bool,
@@ -155,7 +160,8 @@ def _nested_walk_fast(
         table = pte & ADDR_MASK_4K
         level -= 1
     rwb, usb, xdb = bool(rw & FS_RW), bool(rw & FS_US), bool(xd & FS_XD)
-    if fs_access_fault(fsp, rwb, usb, xdb, write, execute, priv) is not None:
+    if fs_access_fault(fsp, rw=rwb, us=usb, xd=xdb, write=write, execute=execute,
+                       priv=priv) is not None:
         return None
     fs_dirty = bool(pte & FS_D)
     if update_ad and write and not fs_dirty:

@@ -76,7 +76,7 @@ SCALABLE_CODES = SsCodes(
 )
 
 
-def ss_reserved_masks(haw: int, levels: int, ps_2m: bool, ps_1g: bool, snp_ok: bool,
+def ss_reserved_masks(haw: int, levels: int, *, ps_2m: bool, ps_1g: bool, snp_ok: bool,
                       ) -> tuple[dict[int, int], dict[int, int]]:
     """(non-leaf mask per level, leaf mask per level) of reserved bits.
 
@@ -136,7 +136,7 @@ class SsParams:
         snp_ok: bool = True,
     ) -> SsParams:
         levels = aw + 2
-        nonleaf, leaf = ss_reserved_masks(haw, levels, ps_2m, ps_1g, snp_ok)
+        nonleaf, leaf = ss_reserved_masks(haw, levels, ps_2m=ps_2m, ps_1g=ps_1g, snp_ok=snp_ok)
         return cls(
             root=root & ADDR_MASK_4K,
             levels=levels,
@@ -174,6 +174,7 @@ def ss_walk(
     mem: GuestMemory,
     p: SsParams,
     addr: int,
+    *,
     write: bool = False,
     execute: bool = False,
     update_ad: bool = True,
