@@ -54,10 +54,6 @@ class PageRequestStatus(Enum):
     WRITE_ERROR = "write-error"  # the descriptor could not be written to memory
 
 
-# The name this class had before the codecs were merged; tests/fuzz/test_codecs.py
-# still imports it.
-PageRequestDescriptor = PageRequest
-
 
 @dataclass(frozen=True, slots=True)
 class PageRequestResult:
