@@ -119,65 +119,13 @@ class InvDesc(TraceEvent):
         return decode_inv_desc(self.low, self.high, width=width, caps=caps)
 
 
-@dataclass(slots=True, unsafe_hash=True)
-class InvDescCcDomain(TraceEvent):
-    EVENT: ClassVar[str] = "vtd_inv_desc_cc_domain"
-    domain: int
 
 
-@dataclass(slots=True, unsafe_hash=True)
-class InvDescCcGlobal(TraceEvent):
-    EVENT: ClassVar[str] = "vtd_inv_desc_cc_global"
 
 
-@dataclass(slots=True, unsafe_hash=True)
-class InvDescCcDevice(TraceEvent):
-    EVENT: ClassVar[str] = "vtd_inv_desc_cc_device"
-    bus: int
-    dev: int
-    fn: int
 
 
-@dataclass(slots=True, unsafe_hash=True)
-class InvDescCcDevices(TraceEvent):
-    EVENT: ClassVar[str] = "vtd_inv_desc_cc_devices"
-    sid: int
-    fmask: int
 
-
-@dataclass(slots=True, unsafe_hash=True)
-class InvDescIotlbGlobal(TraceEvent):
-    EVENT: ClassVar[str] = "vtd_inv_desc_iotlb_global"
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class InvDescIotlbDomain(TraceEvent):
-    EVENT: ClassVar[str] = "vtd_inv_desc_iotlb_domain"
-    domain: int
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class InvDescIotlbPages(TraceEvent):
-    EVENT: ClassVar[str] = "vtd_inv_desc_iotlb_pages"
-    domain: int
-    addr: int
-    mask: int  # the AM field
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class InvDescIotlbPasidPages(TraceEvent):
-    EVENT: ClassVar[str] = "vtd_inv_desc_iotlb_pasid_pages"
-    domain: int
-    addr: int
-    mask: int
-    pasid: int
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class InvDescIotlbPasid(TraceEvent):
-    EVENT: ClassVar[str] = "vtd_inv_desc_iotlb_pasid"
-    domain: int
-    pasid: int
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -200,13 +148,6 @@ class InvDescWaitWriteFail(TraceEvent):
     lo: int
 
 
-@dataclass(slots=True, unsafe_hash=True)
-class InvDescIec(TraceEvent):
-    EVENT: ClassVar[str] = "vtd_inv_desc_iec"
-    granularity: int
-    index: int
-    mask: int
-
 
 @dataclass(slots=True, unsafe_hash=True)
 class InvQiHead(TraceEvent):
@@ -225,17 +166,6 @@ class InvQiTail(TraceEvent):
     tail: int
 
 
-@dataclass(slots=True, unsafe_hash=True)
-class InvQiSetup(TraceEvent):
-    EVENT: ClassVar[str] = "vtd_inv_qi_setup"
-    addr: int
-    size: int  # descriptors in the queue
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class InvQiEnable(TraceEvent):
-    EVENT: ClassVar[str] = "vtd_inv_qi_enable"
-    enable: bool
 
 
 # -------------------------------------------------------------- PASID cache (11.1)
@@ -297,25 +227,6 @@ class IotlbPageHit(TraceEvent):
     domain: int
 
 
-@dataclass(slots=True, unsafe_hash=True)
-class IotlbCcUpdate(TraceEvent):
-    EVENT: ClassVar[str] = "vtd_iotlb_cc_update"
-    bus: int
-    devfn: int
-    high: int
-    low: int
-    gen1: int
-    gen2: int
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class IotlbCcHit(TraceEvent):
-    EVENT: ClassVar[str] = "vtd_iotlb_cc_hit"
-    bus: int
-    devfn: int
-    high: int
-    low: int
-    gen: int
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -352,10 +263,6 @@ class FrrNew(TraceEvent):
     lo: int
 
 
-@dataclass(slots=True, unsafe_hash=True)
-class FaultDisabled(TraceEvent):
-    EVENT: ClassVar[str] = "vtd_fault_disabled"
-
 
 @dataclass(slots=True, unsafe_hash=True)
 class SwitchAddressSpace(TraceEvent):
@@ -367,13 +274,10 @@ class SwitchAddressSpace(TraceEvent):
 
 
 TYPED_EVENTS: tuple[type[TraceEvent], ...] = (
-    RegWrite, RegRead, RegDmarRoot, InvDesc, InvDescCcDomain, InvDescCcGlobal,
-    InvDescCcDevice, InvDescCcDevices, InvDescIotlbGlobal, InvDescIotlbDomain,
-    InvDescIotlbPages, InvDescIotlbPasidPages, InvDescIotlbPasid, InvDescWaitSw,
-    InvDescWaitIrq, InvDescWaitWriteFail, InvDescIec, InvQiHead, InvQiTail, InvQiSetup,
-    InvQiEnable, PasidCacheReset, InvDescPasidCacheGsi, InvDescPasidCacheDsi,
-    InvDescPasidCachePsi, PasidCacheDevsi, IotlbPageUpdate, IotlbPageHit, IotlbCcUpdate,
-    IotlbCcHit, DmarTranslate, DmarFault, FrrNew, FaultDisabled, SwitchAddressSpace,
+    RegWrite, RegRead, RegDmarRoot, InvDesc, InvDescWaitSw, InvDescWaitIrq, InvDescWaitWriteFail,
+    InvQiHead, InvQiTail, PasidCacheReset, InvDescPasidCacheGsi, InvDescPasidCacheDsi,
+    InvDescPasidCachePsi, PasidCacheDevsi, IotlbPageUpdate, IotlbPageHit, DmarTranslate, DmarFault,
+    FrrNew, SwitchAddressSpace,
 )
 # svmval's QEMU (host_setup/qemu_build/patches/0002-intel-iommu-trace-ats-prq.patch):
 # observability events the stock unit lacks.
@@ -395,19 +299,6 @@ class PrqDesc(TraceEvent):
     exec: bool
     tail: int
 
-
-@dataclass(slots=True, unsafe_hash=True)
-class AtsTranslate(TraceEvent):
-    """An ATS translation request the unit answered (with the PASID the device sent)."""
-
-    EVENT: ClassVar[str] = "vtd_ats_translate"
-    sid: int
-    pasid: int
-    addr: int
-    translated: int
-    size: int
-    flags: int
-    perm: int
 
 
 # svmval's QEMU (patches/0003-intel-iommu-trace-walk-source.patch): the time-ordered
@@ -445,5 +336,5 @@ class IotlbHitSource(TraceEvent):
     now: int
 
 
-TYPED_EVENTS = (*TYPED_EVENTS, PrqDesc, AtsTranslate, FsWalkEntry, IotlbHitSource)
+TYPED_EVENTS = (*TYPED_EVENTS, PrqDesc, FsWalkEntry, IotlbHitSource)
 TYPED_BY_NAME: dict[str, type[TraceEvent]] = {c.EVENT: c for c in TYPED_EVENTS}
