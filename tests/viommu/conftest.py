@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -90,6 +90,12 @@ def make_rig(scalable: bool = True, mem_size: int = 16 << 20, **config: Any) -> 
     return Rig(mem, model, b)
 
 
+class RigFactory(Protocol):
+    """make_rig, as the rig_factory fixture hands it to a test."""
+
+    def __call__(self, scalable: bool = True, mem_size: int = 16 << 20, **config: Any) -> Rig: ...
+
+
 @pytest.fixture
 def sm() -> Rig:
     """Scalable-mode unit (default config) with an empty root table."""
@@ -103,5 +109,5 @@ def legacy() -> Rig:
 
 
 @pytest.fixture
-def rig_factory() -> Any:
+def rig_factory() -> RigFactory:
     return make_rig

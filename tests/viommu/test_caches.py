@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
 from harness.viommu import FaultReason, PasidEntry, Pgtt, Reg
 from harness.viommu.invalidation import (
+    Desc,
     cc_desc,
     devtlb_desc,
     iotlb_desc,
@@ -14,12 +17,15 @@ from harness.viommu.invalidation import (
     piotlb_desc,
 )
 
+if TYPE_CHECKING:
+    from conftest import Rig, RigFactory  # tests/viommu/conftest.py (pytest puts tests/viommu on sys.path)
+
 FR = FaultReason
 SID, PASID, DID = 0x0018, 0x42, 7
 
 
 @pytest.fixture
-def fsq(sm):  # type: ignore[no-untyped-def]
+def fsq(sm: Rig) -> Rig:
     fs = sm.fs_pasid()
     fs.map(0x1000, 0x20_0000)
     fs.map(0x2000, 0x21_0000)
@@ -31,11 +37,11 @@ def fsq(sm):  # type: ignore[no-untyped-def]
     return sm
 
 
-def _stale(r, addr: int, pasid: int | None = PASID, **kw) -> bool:  # type: ignore[no-untyped-def]
+def _stale(r: Rig, addr: int, pasid: int | None = PASID, **kw: bool) -> bool:
     return r.model.is_stale(SID, addr, pasid, **kw)
 
 
-def test_iotlb_hit_after_fill(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_iotlb_hit_after_fill(fsq: Rig) -> None:
     t = fsq.model.translate(SID, 0x1010, pasid=PASID)
     assert t.source == "iotlb" and t.address == 0x20_0010
     st = fsq.model.cache_state()
@@ -44,7 +50,7 @@ def test_iotlb_hit_after_fill(fsq) -> None:  # type: ignore[no-untyped-def]
     assert st["context"] == [SID] and st["pasid"] == [(SID, PASID)]
 
 
-def test_fs_remap_is_stale_until_piotlb_page(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_fs_remap_is_stale_until_piotlb_page(fsq: Rig) -> None:
     fsq.extra["fs"].map(0x1000, 0x30_0000)
     assert _stale(fsq, 0x1000) and not _stale(fsq, 0x2000)
     assert fsq.model.translate(SID, 0x1000, pasid=PASID).address == 0x20_0000  # old answer
@@ -60,26 +66,26 @@ def test_fs_remap_is_stale_until_piotlb_page(fsq) -> None:  # type: ignore[no-un
     assert fsq.model.translate(SID, 0x2000, pasid=PASID).source == "iotlb"  # untouched
 
 
-def test_piotlb_address_mask_covers_range(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_piotlb_address_mask_covers_range(fsq: Rig) -> None:
     fsq.extra["fs"].map(0x1000, 0x30_0000)
     fsq.extra["fs"].map(0x2000, 0x31_0000)
     fsq.submit(piotlb_desc(3, DID, PASID, addr=0x0, am=2))  # 4 pages from 0
     assert not _stale(fsq, 0x1000) and not _stale(fsq, 0x2000)
 
 
-def test_piotlb_pasid_selective(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_piotlb_pasid_selective(fsq: Rig) -> None:
     fsq.extra["fs"].map(0x1000, 0x30_0000)
     fsq.submit(piotlb_desc(2, DID, PASID))
     assert not _stale(fsq, 0x1000)
     assert fsq.model.cache_state()["iotlb"] == []
 
 
-def test_iotlb_psi_removes_fs_entries_of_domain_regardless_of_address(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_iotlb_psi_removes_fs_entries_of_domain_regardless_of_address(fsq: Rig) -> None:
     fsq.submit(iotlb_desc(3, did=DID, addr=0x9000_0000))
     assert fsq.model.cache_state()["iotlb"] == []
 
 
-def test_iotlb_dsi_and_global(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_iotlb_dsi_and_global(fsq: Rig) -> None:
     fsq.submit(iotlb_desc(2, did=DID + 1))
     assert len(fsq.model.cache_state()["iotlb"]) == 2
     fsq.submit(iotlb_desc(2, did=DID))
@@ -89,7 +95,7 @@ def test_iotlb_dsi_and_global(fsq) -> None:  # type: ignore[no-untyped-def]
     assert fsq.model.cache_state()["iotlb"] == []
 
 
-def test_pasid_entry_change_needs_pasid_cache_and_iotlb(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_pasid_entry_change_needs_pasid_cache_and_iotlb(fsq: Rig) -> None:
     fs2 = fsq.b.fs_tables(4)
     fs2.map(0x1000, 0x50_0000)
     fsq.b.set_pasid_entry(SID, PASID, PasidEntry(p=1, pgtt=Pgtt.FIRST_STAGE, did=DID,
@@ -103,18 +109,18 @@ def test_pasid_entry_change_needs_pasid_cache_and_iotlb(fsq) -> None:  # type: i
 
 
 @pytest.mark.parametrize("desc", [pc_desc(0, DID), pc_desc(3), pc_desc(1, DID, PASID)])
-def test_pasid_cache_granularities(fsq, desc) -> None:  # type: ignore[no-untyped-def]
+def test_pasid_cache_granularities(fsq: Rig, desc: Desc) -> None:
     fsq.submit(desc)
     assert fsq.model.cache_state()["pasid"] == []
 
 
-def test_pasid_cache_wrong_domain_keeps_entry(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_pasid_cache_wrong_domain_keeps_entry(fsq: Rig) -> None:
     fsq.submit(pc_desc(0, DID + 1))
     fsq.submit(pc_desc(1, DID, PASID + 1))
     assert fsq.model.cache_state()["pasid"] == [(SID, PASID)]
 
 
-def test_pasid_entry_teardown_is_stale_without_invalidation(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_pasid_entry_teardown_is_stale_without_invalidation(fsq: Rig) -> None:
     fsq.b.set_pasid_entry(SID, PASID, PasidEntry(p=0, fpd=1))
     assert _stale(fsq, 0x1000)
     fsq.submit(pc_desc(1, DID, PASID), piotlb_desc(2, DID, PASID))
@@ -123,7 +129,7 @@ def test_pasid_entry_teardown_is_stale_without_invalidation(fsq) -> None:  # typ
     assert t.fault is FR.SM_PASID_ENTRY_NOT_PRESENT
 
 
-def test_context_cache_device_selective_with_function_mask(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_context_cache_device_selective_with_function_mask(fsq: Rig) -> None:
     m = fsq.model
     fsq.fs_pasid(sid=0x1F).map(0x1000, 0x20_0000)
     m.translate(0x1F, 0x1000, pasid=PASID)
@@ -133,7 +139,7 @@ def test_context_cache_device_selective_with_function_mask(fsq) -> None:  # type
     assert m.cache_state()["context"] == []
 
 
-def test_cm1_caches_not_present_context(sm) -> None:  # type: ignore[no-untyped-def]
+def test_cm1_caches_not_present_context(sm: Rig) -> None:
     sm.enable()
     sm.qi_setup()
     assert sm.model.translate(SID, 0, pasid=PASID).fault is FR.SM_ROOT_NOT_PRESENT
@@ -144,7 +150,7 @@ def test_cm1_caches_not_present_context(sm) -> None:  # type: ignore[no-untyped-
     assert sm.model.translate(SID, 0, pasid=PASID).ok
 
 
-def test_cm0_never_caches_not_present(rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_cm0_never_caches_not_present(rig_factory: RigFactory) -> None:
     r = rig_factory(True, caching_mode=False)
     r.enable()
     assert r.model.translate(SID, 0, pasid=PASID).fault is FR.SM_ROOT_NOT_PRESENT
@@ -153,14 +159,14 @@ def test_cm0_never_caches_not_present(rig_factory) -> None:  # type: ignore[no-u
     assert r.model.translate(SID, 0, pasid=PASID).ok
 
 
-def test_first_stage_not_present_never_cached_even_with_cm(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_first_stage_not_present_never_cached_even_with_cm(fsq: Rig) -> None:
     assert fsq.model.translate(SID, 0x5000, pasid=PASID).fault is FR.FS_ENTRY_NOT_PRESENT
     fsq.extra["fs"].map(0x5000, 0x40_0000)
     assert not _stale(fsq, 0x5000)  # Linux does not invalidate FS map events (§9.3)
 
 
 @pytest.fixture
-def ssq(sm):  # type: ignore[no-untyped-def]
+def ssq(sm: Rig) -> Rig:
     ss = sm.ss_pasid()
     ss.map(0x1000, 0x20_0000)
     sm.extra["ss"] = ss
@@ -170,7 +176,7 @@ def ssq(sm):  # type: ignore[no-untyped-def]
     return sm
 
 
-def test_ss_not_present_cached_with_cm(ssq) -> None:  # type: ignore[no-untyped-def]
+def test_ss_not_present_cached_with_cm(ssq: Rig) -> None:
     assert ssq.model.translate(SID, 0x5000, pasid=PASID).fault is FR.SS_SM_ENTRY_NOT_PRESENT
     assert any(e["negative"] for e in ssq.model.cache_state()["iotlb"])
     ssq.extra["ss"].map(0x5000, 0x40_0000)
@@ -179,7 +185,7 @@ def test_ss_not_present_cached_with_cm(ssq) -> None:  # type: ignore[no-untyped-
     assert not _stale(ssq, 0x5000)
 
 
-def test_piotlb_page_never_removes_second_stage_entries(ssq) -> None:  # type: ignore[no-untyped-def]
+def test_piotlb_page_never_removes_second_stage_entries(ssq: Rig) -> None:
     ssq.extra["ss"].map(0x1000, 0x30_0000)
     ssq.submit(piotlb_desc(3, DID, PASID, addr=0x1000))
     assert _stale(ssq, 0x1000)
@@ -187,27 +193,27 @@ def test_piotlb_page_never_removes_second_stage_entries(ssq) -> None:  # type: i
     assert not _stale(ssq, 0x1000)
 
 
-def test_iotlb_psi_range_for_second_stage(ssq) -> None:  # type: ignore[no-untyped-def]
+def test_iotlb_psi_range_for_second_stage(ssq: Rig) -> None:
     ssq.extra["ss"].map(0x1000, 0x30_0000)
     ssq.submit(iotlb_desc(3, did=DID, addr=0x4000))
     assert _stale(ssq, 0x1000)
 
 
-def test_permission_downgrade_is_stale(ssq) -> None:  # type: ignore[no-untyped-def]
+def test_permission_downgrade_is_stale(ssq: Rig) -> None:
     ssq.model.translate(SID, 0x1000, pasid=PASID, write=True)
     ssq.extra["ss"].map(0x1000, 0x20_0000, w=False)
     assert _stale(ssq, 0x1000, write=True)
     assert not _stale(ssq, 0x1000)  # reads still get the same answer
 
 
-def test_write_through_read_cached_fs_entry_rewalks(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_write_through_read_cached_fs_entry_rewalks(fsq: Rig) -> None:
     fsq.extra["fs"].map(0x1000, 0x20_0000, writable=False)
     t = fsq.model.translate(SID, 0x1000, pasid=PASID, write=True)
     # The read-filled entry has D clear, so a write cannot be answered from it.
     assert t.fault is FR.SM_WRITE_DENIED and t.source == "walk"
 
 
-def test_register_based_invalidation_also_works(ssq) -> None:  # type: ignore[no-untyped-def]
+def test_register_based_invalidation_also_works(ssq: Rig) -> None:
     m = ssq.model
     m.write_reg(Reg.GCMD, (1 << 31))  # drop QIE (queue idle) to use registers
     ssq.extra["ss"].map(0x1000, 0x30_0000)
@@ -217,7 +223,7 @@ def test_register_based_invalidation_also_works(ssq) -> None:  # type: ignore[no
     assert not _stale(ssq, 0x1000)
 
 
-def test_device_tlb(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_device_tlb(fsq: Rig) -> None:
     m = fsq.model
     fsq.b.set_sm_context(SID, dte=1)
     fsq.submit(cc_desc(3, sid=SID))
@@ -232,7 +238,7 @@ def test_device_tlb(fsq) -> None:  # type: ignore[no-untyped-def]
     assert m.device_tlb_lookup(SID, 0x1010, PASID) is None
 
 
-def test_device_tlb_without_pasid(rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_device_tlb_without_pasid(rig_factory: RigFactory) -> None:
     r = rig_factory(True)
     r.b.set_sm_context(SID, dte=1)
     r.b.set_pasid_entry(SID, 0, PasidEntry(p=1, pgtt=Pgtt.PASS_THROUGH, did=1))
@@ -244,12 +250,12 @@ def test_device_tlb_without_pasid(rig_factory) -> None:  # type: ignore[no-untyp
     assert r.model.device_tlb_lookup(SID, 0x4000) is None
 
 
-def test_translation_request_needs_dte(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_translation_request_needs_dte(fsq: Rig) -> None:
     t = fsq.model.translation_request(SID, 0x1000, pasid=PASID)
     assert t.fault is FR.SM_DTE_CLEAR
 
 
-def test_esrtps_srtp_flushes_caches(rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_esrtps_srtp_flushes_caches(rig_factory: RigFactory) -> None:
     r = rig_factory(True, esrtps=True)
     r.fs_pasid().map(0x1000, 0x20_0000)
     r.enable()
@@ -260,12 +266,12 @@ def test_esrtps_srtp_flushes_caches(rig_factory) -> None:  # type: ignore[no-unt
                                        "devtlb": 0}
 
 
-def test_srtp_without_esrtps_keeps_caches(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_srtp_without_esrtps_keeps_caches(fsq: Rig) -> None:
     fsq.model.write_reg(Reg.GCMD, (1 << 31) | (1 << 30) | (1 << 26))
     assert fsq.model.caches.counts()["iotlb"] == 2
 
 
-def test_iotlb_capacity_eviction_is_never_stale(rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_iotlb_capacity_eviction_is_never_stale(rig_factory: RigFactory) -> None:
     r = rig_factory(True, iotlb_capacity=4)
     fs = r.fs_pasid()
     for i in range(10):
@@ -277,11 +283,11 @@ def test_iotlb_capacity_eviction_is_never_stale(rig_factory) -> None:  # type: i
 
 
 # ------------------------------------------------------------------ paging-structure cache
-def test_psc_filled_by_first_stage_walks(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_psc_filled_by_first_stage_walks(fsq: Rig) -> None:
     assert fsq.model.caches.counts()["psc"] == 3  # PML4E, PDPE, PDE shared by both pages
 
 
-def test_ih1_keeps_paging_structure_cache(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_ih1_keeps_paging_structure_cache(fsq: Rig) -> None:
     fs = fsq.extra["fs"]
     pml4e = fs.entry_address(0x1000, 4, create=False)
     fsq.b.write_u64(pml4e, 0)  # tear down the upper level
@@ -296,7 +302,7 @@ def test_ih1_keeps_paging_structure_cache(fsq) -> None:  # type: ignore[no-untyp
     assert fsq.model.translate(SID, 0x1000, pasid=PASID).fault is FR.FS_ENTRY_NOT_PRESENT
 
 
-def test_ih0_psi_drops_only_covering_psc_entries(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_ih0_psi_drops_only_covering_psc_entries(fsq: Rig) -> None:
     fs = fsq.extra["fs"]
     fs.map(0x4000_0000, 0x40_0000)  # another PDPE/PDE under the same PML4E
     fsq.model.translate(SID, 0x4000_0000, pasid=PASID)
@@ -307,7 +313,7 @@ def test_ih0_psi_drops_only_covering_psc_entries(fsq) -> None:  # type: ignore[n
     assert fsq.model.caches.counts()["psc"] == 2
 
 
-def test_psc_dropped_by_pasid_selective_and_domain(fsq) -> None:  # type: ignore[no-untyped-def]
+def test_psc_dropped_by_pasid_selective_and_domain(fsq: Rig) -> None:
     fsq.submit(piotlb_desc(2, DID, PASID))
     assert fsq.model.caches.counts()["psc"] == 0
     fsq.model.translate(SID, 0x1000, pasid=PASID)

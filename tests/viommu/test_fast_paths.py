@@ -37,7 +37,11 @@ def plain_walkers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
-def _rig(lanes: list[tuple[bool, ...]], flips: list[tuple[int, int]]) -> tuple[VtdModel, list[int], GuestMemory]:
+# (fs page size, ss page size, fs writable, ss writable, fs A, fs D, ss A, ss D, mapped)
+Lane = tuple[int, int, bool, bool, bool, bool, bool, bool, bool]
+
+
+def _rig(lanes: list[Lane], flips: list[tuple[int, int]]) -> tuple[VtdModel, list[int], GuestMemory]:
     mem = GuestMemory(16 << 20)
     b = TableBuilder(mem, 0x10_0000, 16 << 20)
     ss = b.ss_tables(4)
@@ -71,7 +75,7 @@ def _outcome(t: Any) -> tuple[Any, ...]:
        flips=st.lists(st.tuples(st.integers(0, 64), st.integers(0, 63)), max_size=3),
        write=st.booleans(), update_ad=st.booleans())
 def test_fast_nested_walks_equal_the_plain_walkers(
-    monkeypatch: pytest.MonkeyPatch, lanes: list[tuple[bool, ...]], flips: list[tuple[int, int]],
+    monkeypatch: pytest.MonkeyPatch, lanes: list[Lane], flips: list[tuple[int, int]],
     write: bool, update_ad: bool,
 ) -> None:
     fast_model, addrs, fast_mem = _rig(lanes, flips)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
 from harness.viommu import GuestMemory, Reg, VtdModel
 from harness.viommu.invalidation import (
+    Desc,
     DescriptorError,
     ats_range,
     cc_desc,
@@ -21,38 +24,41 @@ from harness.viommu.invalidation import (
 )
 from harness.viommu.registers import EventKind, Fsts, Gcmd, Gsts, IqeCode
 
+if TYPE_CHECKING:
+    from conftest import Rig, RigFactory  # tests/viommu/conftest.py (pytest puts tests/viommu on sys.path)
+
 STATUS = 0x70_0000
 
 
 @pytest.fixture
-def q(sm):  # type: ignore[no-untyped-def]
+def q(sm: Rig) -> Rig:
     sm.qi_setup(wide=True)
     return sm
 
 
-def iqerr(r) -> tuple[bool, int]:  # type: ignore[no-untyped-def]
+def iqerr(r: Rig) -> tuple[bool, int]:
     return bool(r.model.read_reg(Reg.FSTS) & Fsts.IQE), r.model.read_reg(Reg.IQERCD, 8) & 0xF
 
 
-def test_enable_sets_qies(q) -> None:  # type: ignore[no-untyped-def]
+def test_enable_sets_qies(q: Rig) -> None:
     assert q.model.read_reg(Reg.GSTS) & Gsts.QIES
     assert q.model.read_reg(Reg.IQH, 8) == 0
 
 
-def test_wait_status_write_and_head(q) -> None:  # type: ignore[no-untyped-def]
+def test_wait_status_write_and_head(q: Rig) -> None:
     tail = q.submit(wait_desc(sw=1, status_data=0x1234_5678, status_addr=STATUS))
     assert q.mem.read_u32(STATUS) == 0x1234_5678
     assert q.model.read_reg(Reg.IQH, 8) == tail == 32  # 256-bit: index * 32
 
 
-def test_128bit_queue_indexing(rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_128bit_queue_indexing(rig_factory: RigFactory) -> None:
     r = rig_factory(True)
     r.qi_setup(wide=False)
     r.submit(wait_desc(sw=1, status_data=1, status_addr=STATUS), cc_desc(1))
     assert r.model.read_reg(Reg.IQH, 8) == 32  # two 16-byte descriptors
 
 
-def test_wait_interrupt_flag(q) -> None:  # type: ignore[no-untyped-def]
+def test_wait_interrupt_flag(q: Rig) -> None:
     m = q.model
     m.write_reg(Reg.IEADDR, 0xFEE0_1000)
     m.write_reg(Reg.IEDATA, 0x55)
@@ -69,7 +75,7 @@ def test_wait_interrupt_flag(q) -> None:  # type: ignore[no-untyped-def]
     assert len(m.regs.msi_log) == 2
 
 
-def test_masked_completion_event_pends(q) -> None:  # type: ignore[no-untyped-def]
+def test_masked_completion_event_pends(q: Rig) -> None:
     m = q.model
     q.submit(wait_desc(if_=1))
     assert m.read_reg(Reg.IECTL) == (1 << 31) | (1 << 30)
@@ -77,14 +83,14 @@ def test_masked_completion_event_pends(q) -> None:  # type: ignore[no-untyped-de
     assert m.read_reg(Reg.IECTL) == 1 << 31
 
 
-def test_wait_without_sw_or_if_is_valid(q) -> None:  # type: ignore[no-untyped-def]
+def test_wait_without_sw_or_if_is_valid(q: Rig) -> None:
     q.submit(wait_desc(fn=1))
     assert iqerr(q) == (False, 0)
     assert q.model.read_reg(Reg.IQH, 8) == 32
 
 
 @pytest.mark.parametrize("t", [0x0, 0xA, 0xF, 0x10])
-def test_invalid_type(q, t: int) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_type(q: Rig, t: int) -> None:
     bad = ((t & 0xF) | ((t >> 4) << 9), 0, 0, 0)
     q.submit(wait_desc(sw=1, status_data=1, status_addr=STATUS), bad,
              wait_desc(sw=1, status_data=2, status_addr=STATUS))
@@ -93,7 +99,7 @@ def test_invalid_type(q, t: int) -> None:  # type: ignore[no-untyped-def]
     assert q.mem.read_u32(STATUS) == 1  # the wait behind it did not run
 
 
-def test_processing_resumes_when_iqe_cleared(q) -> None:  # type: ignore[no-untyped-def]
+def test_processing_resumes_when_iqe_cleared(q: Rig) -> None:
     q.submit(wait_desc(sw=1, status_data=1, status_addr=STATUS), (0xA, 0, 0, 0),
              wait_desc(sw=1, status_data=2, status_addr=STATUS))
     # Software replaces the bad descriptor (as Linux does) then clears IQE.
@@ -132,20 +138,20 @@ RESERVED_CASES = [
 
 
 @pytest.mark.parametrize(("name", "desc"), RESERVED_CASES, ids=[c[0] for c in RESERVED_CASES])
-def test_reserved_fields(q, name: str, desc: tuple[int, int, int, int]) -> None:  # type: ignore[no-untyped-def]
+def test_reserved_fields(q: Rig, name: str, desc: tuple[int, int, int, int]) -> None:
     q.submit(desc)
     assert iqerr(q) == (True, IqeCode.RESERVED_FIELD), name
     assert q.model.read_reg(Reg.IQH, 8) == 0
 
 
-def test_pd_reserved_without_pds(rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_pd_reserved_without_pds(rig_factory: RigFactory) -> None:
     r = rig_factory(True, pds=False)
     r.qi_setup()
     r.submit(wait_desc(sw=1, pd=1, status_addr=STATUS))
     assert iqerr(r) == (True, IqeCode.RESERVED_FIELD)
 
 
-def test_pasid_descriptors_need_256bit_queue(rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_pasid_descriptors_need_256bit_queue(rig_factory: RigFactory) -> None:
     r = rig_factory(True)
     r.qi_setup(wide=False)
     r.submit(piotlb_desc(2, 1, 1))
@@ -158,7 +164,7 @@ def test_pasid_descriptors_need_256bit_queue(rig_factory) -> None:  # type: igno
     ({"device_iotlb": False}, pdevtlb_desc(0x18, 1)),
     ({"intremap": False}, iec_desc()),
 ])
-def test_type_needs_capability(rig_factory, opt, desc) -> None:  # type: ignore[no-untyped-def]
+def test_type_needs_capability(rig_factory: RigFactory, opt: dict[str, bool], desc: Desc) -> None:
     r = rig_factory(True, **opt)
     r.qi_setup()
     r.submit(desc)
@@ -177,7 +183,7 @@ def test_pasid_descriptors_invalid_in_legacy_only_unit() -> None:
     assert m.read_reg(Reg.IQERCD, 8) & 0xF == IqeCode.INVALID_TYPE
 
 
-def test_tail_errors(q) -> None:  # type: ignore[no-untyped-def]
+def test_tail_errors(q: Rig) -> None:
     q.model.write_reg(Reg.IQT, 0x10, 8)  # bit 4 set in a 256-bit queue
     assert iqerr(q) == (True, IqeCode.TAIL_MISALIGNED)
     q.model.write_reg(Reg.IQT, 200 * 32, 8)  # 128 entries in a 1-page 256-bit queue
@@ -185,13 +191,13 @@ def test_tail_errors(q) -> None:  # type: ignore[no-untyped-def]
     assert iqerr(q) == (True, IqeCode.INVALID_TAIL)
 
 
-def test_fetch_error(sm) -> None:  # type: ignore[no-untyped-def]
+def test_fetch_error(sm: Rig) -> None:
     sm.qi_setup(base=1 << 40)
     sm.model.write_reg(Reg.IQT, 32, 8)
     assert iqerr(sm) == (True, IqeCode.FETCH_ERROR)
 
 
-def test_queue_wraps(q) -> None:  # type: ignore[no-untyped-def]
+def test_queue_wraps(q: Rig) -> None:
     for batch in range(5):
         q.submit(*[wait_desc(sw=1, status_data=batch * 100 + i, status_addr=STATUS)
                    for i in range(50)])
@@ -200,7 +206,7 @@ def test_queue_wraps(q) -> None:  # type: ignore[no-untyped-def]
     assert q.model.read_reg(Reg.IQH, 8) == (250 % 128) * 32
 
 
-def test_qie_disable_rules(q) -> None:  # type: ignore[no-untyped-def]
+def test_qie_disable_rules(q: Rig) -> None:
     m = q.model
     q.submit(wait_desc(sw=1, status_addr=STATUS))
     m.write_reg(Reg.GCMD, 0)
@@ -217,7 +223,7 @@ def test_qie_disable_rules(q) -> None:  # type: ignore[no-untyped-def]
     assert q.mem.read_u32(STATUS) == 9
 
 
-def test_qie_disable_refused_with_work_pending(q) -> None:  # type: ignore[no-untyped-def]
+def test_qie_disable_refused_with_work_pending(q: Rig) -> None:
     m = q.model
     q.submit((0xA, 0, 0, 0))  # stuck on an IQE... which permits disabling
     m.write_reg(Reg.FSTS, Fsts.IQE)  # resume: still bad, IQE again
@@ -226,7 +232,7 @@ def test_qie_disable_refused_with_work_pending(q) -> None:  # type: ignore[no-un
     assert m.read_reg(Reg.GSTS) & Gsts.QIES  # IQH != IQT and no error: refused
 
 
-def test_ite_stops_and_records_sid(q) -> None:  # type: ignore[no-untyped-def]
+def test_ite_stops_and_records_sid(q: Rig) -> None:
     q.model.iq.ite_sids.add(0x18)
     q.submit(devtlb_desc(0x18, s=1, addr=0x7FFF_FFFF_FFFF_F000),
              wait_desc(sw=1, status_data=5, status_addr=STATUS))
@@ -239,7 +245,7 @@ def test_ite_stops_and_records_sid(q) -> None:  # type: ignore[no-untyped-def]
     assert q.mem.read_u32(STATUS) == 5
 
 
-def test_ice_records_sid(q) -> None:  # type: ignore[no-untyped-def]
+def test_ice_records_sid(q: Rig) -> None:
     q.model.iq.ice_sids.add(0x20)
     q.submit(pdevtlb_desc(0x20, 3), wait_desc(sw=1, status_data=5, status_addr=STATUS))
     assert q.model.read_reg(Reg.FSTS) & Fsts.ICE
@@ -247,7 +253,7 @@ def test_ice_records_sid(q) -> None:  # type: ignore[no-untyped-def]
     assert q.mem.read_u32(STATUS) == 5
 
 
-def test_iqe_raises_fault_event(q) -> None:  # type: ignore[no-untyped-def]
+def test_iqe_raises_fault_event(q: Rig) -> None:
     q.model.write_reg(Reg.FECTL, 0)
     q.submit((0xA, 0, 0, 0))
     assert [e.kind for e in q.model.regs.msi_log] == [EventKind.FAULT]
@@ -287,7 +293,7 @@ def test_decode_uses_shared_decoder_and_unit_caps() -> None:
     piotlb_desc(2, 3, 0x77), pc_desc(1, 2, 0x99), pdevtlb_desc(0x20, 5, g=1, s=1, addr=0x3000),
     prg_resp_desc(0x18, 0x1FF, rc=1, pasid=8, lpig=1),
 ])
-def test_encoders_roundtrip_through_shared_decoder(desc) -> None:  # type: ignore[no-untyped-def]
+def test_encoders_roundtrip_through_shared_decoder(desc: Desc) -> None:
     from harness.viommu import descriptors as dsc
     d = dsc.decode_inv_desc(*desc, width=256)
     assert not isinstance(d, dsc.InvalidDescriptor), d

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
-from harness.viommu import FaultReason, Reg
+from harness.viommu import FaultReason, Reg, VtdModel
 from harness.viommu.descriptors import PageRequest
 from harness.viommu.faults import RequestType
 from harness.viommu.invalidation import prg_resp_desc
 from harness.viommu.prq import PageRequestStatus
 from harness.viommu.registers import EventKind, IqeCode
+
+if TYPE_CHECKING:
+    from conftest import Rig, RigFactory  # tests/viommu/conftest.py (pytest puts tests/viommu on sys.path)
 
 FR = FaultReason
 SID, PASID = 0x0018, 0x42
@@ -18,7 +23,7 @@ S = PageRequestStatus
 
 
 @pytest.fixture
-def pr(sm):  # type: ignore[no-untyped-def]
+def pr(sm: Rig) -> Rig:
     sm.b.set_sm_context(SID, pre=1, dte=1)
     sm.enable()
     sm.qi_setup()
@@ -32,11 +37,11 @@ def pr(sm):  # type: ignore[no-untyped-def]
     return sm
 
 
-def _events(m) -> int:  # type: ignore[no-untyped-def]
+def _events(m: VtdModel) -> int:
     return sum(1 for e in m.regs.msi_log if e.kind is EventKind.PAGE_REQUEST)
 
 
-def test_request_written_to_queue(pr) -> None:  # type: ignore[no-untyped-def]
+def test_request_written_to_queue(pr: Rig) -> None:
     m = pr.model
     r = m.page_request(SID, 0x7F00_1234_5678, pasid=PASID, write=True, execute=True,
                        privileged=True, prgi=0x155, last=True)
@@ -56,7 +61,7 @@ def test_request_written_to_queue(pr) -> None:  # type: ignore[no-untyped-def]
         SID, PASID, 1, 0, 1, 1, 1, 1, 0x155, 0x7F00_1234_5000)
 
 
-def test_event_only_when_ppr_goes_0_to_1(pr) -> None:  # type: ignore[no-untyped-def]
+def test_event_only_when_ppr_goes_0_to_1(pr: Rig) -> None:
     m = pr.model
     m.page_request(SID, 0x1000, pasid=PASID, prgi=1)
     m.page_request(SID, 0x2000, pasid=PASID, prgi=2)
@@ -67,7 +72,7 @@ def test_event_only_when_ppr_goes_0_to_1(pr) -> None:  # type: ignore[no-untyped
     assert _events(m) == 2
 
 
-def test_masked_event_pends(pr) -> None:  # type: ignore[no-untyped-def]
+def test_masked_event_pends(pr: Rig) -> None:
     m = pr.model
     m.write_reg(Reg.PECTL, 1 << 31)
     m.page_request(SID, 0x1000, pasid=PASID)
@@ -76,7 +81,7 @@ def test_masked_event_pends(pr) -> None:  # type: ignore[no-untyped-def]
     assert _events(m) == 1
 
 
-def test_overflow_and_drop(pr) -> None:  # type: ignore[no-untyped-def]
+def test_overflow_and_drop(pr: Rig) -> None:
     m = pr.model
     for i in range(127):  # a 128-entry queue holds 127 (one slot stays empty)
         assert m.page_request(SID, i << 12, pasid=PASID, prgi=i & 0x1FF).queued
@@ -92,7 +97,7 @@ def test_overflow_and_drop(pr) -> None:  # type: ignore[no-untyped-def]
     assert r.queued and r.offset == 127 * 32
 
 
-def test_overflow_event_when_nothing_pending(pr) -> None:  # type: ignore[no-untyped-def]
+def test_overflow_event_when_nothing_pending(pr: Rig) -> None:
     m = pr.model
     m.write_reg(Reg.PQH, 32, 8)
     m.write_reg(Reg.PQT, 0, 8)  # (0 + 32) % size == PQH: full
@@ -100,7 +105,7 @@ def test_overflow_event_when_nothing_pending(pr) -> None:  # type: ignore[no-unt
     assert r.status is S.OVERFLOW and _events(m) == 1
 
 
-def test_pre_clear_faults_0x47(pr) -> None:  # type: ignore[no-untyped-def]
+def test_pre_clear_faults_0x47(pr: Rig) -> None:
     pr.b.set_sm_context(0x20, pre=0)
     r = pr.model.page_request(0x20, 0x1000, pasid=PASID, write=True)
     assert r.status is S.FAULTED and r.fault is FR.SM_PRE_CLEAR
@@ -109,24 +114,24 @@ def test_pre_clear_faults_0x47(pr) -> None:  # type: ignore[no-untyped-def]
     assert pr.model.read_reg(Reg.PQT, 8) == 0
 
 
-def test_paside_clear_faults(pr) -> None:  # type: ignore[no-untyped-def]
+def test_paside_clear_faults(pr: Rig) -> None:
     pr.b.set_sm_context(0x20, pre=1, paside=0)
     assert pr.model.page_request(0x20, 0, pasid=1).fault is FR.SM_PASIDE_CLEAR
     assert pr.model.page_request(0x20, 0).queued  # without PASID: fine
 
 
-def test_legacy_mode_page_request_faults(legacy) -> None:  # type: ignore[no-untyped-def]
+def test_legacy_mode_page_request_faults(legacy: Rig) -> None:
     legacy.b.set_legacy_context(SID, aw=2)
     legacy.enable()
     assert legacy.model.page_request(SID, 0).fault is FR.SM_TTM_LEGACY_PAGE_REQUEST
 
 
-def test_unsupported_without_prs(rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_unsupported_without_prs(rig_factory: RigFactory) -> None:
     r = rig_factory(True, prs=False)
     assert r.model.page_request(SID, 0).status is S.UNSUPPORTED
 
 
-def test_response_matches_group(pr) -> None:  # type: ignore[no-untyped-def]
+def test_response_matches_group(pr: Rig) -> None:
     m = pr.model
     m.page_request(SID, 0x1000, pasid=PASID, prgi=5, last=False)
     m.page_request(SID, 0x2000, pasid=PASID, prgi=5, last=True)
@@ -141,27 +146,27 @@ def test_response_matches_group(pr) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(("rid", "prgi", "pasid"), [(0x19, 5, PASID), (SID, 6, PASID),
                                                      (SID, 5, PASID + 1), (SID, 5, None)])
-def test_response_mismatch(pr, rid: int, prgi: int, pasid: int | None) -> None:  # type: ignore[no-untyped-def]
+def test_response_mismatch(pr: Rig, rid: int, prgi: int, pasid: int | None) -> None:
     pr.model.page_request(SID, 0x1000, pasid=PASID, prgi=5)
     pr.submit(prg_resp_desc(rid, prgi, pasid=pasid))
     assert not pr.model.prq.responses[-1].matched
     assert pr.model.prq.unanswered() == [(SID, PASID, 5)]
 
 
-def test_response_without_last_request_is_unmatched(pr) -> None:  # type: ignore[no-untyped-def]
+def test_response_without_last_request_is_unmatched(pr: Rig) -> None:
     pr.model.page_request(SID, 0x1000, pasid=PASID, prgi=9, last=False)
     pr.submit(prg_resp_desc(SID, 9, pasid=PASID))
     assert not pr.model.prq.responses[-1].matched
 
 
-def test_stop_marker_needs_no_response(pr) -> None:  # type: ignore[no-untyped-def]
+def test_stop_marker_needs_no_response(pr: Rig) -> None:
     r = pr.model.page_request(SID, 0, pasid=PASID, prgi=3, read=False, write=False, last=True)
     assert r.queued and r.descriptor.is_stop_marker
     assert pr.model.prq.unanswered() == []
 
 
 @pytest.mark.parametrize("rc", [0, 1, 0xF])
-def test_response_codes(pr, rc: int) -> None:  # type: ignore[no-untyped-def]
+def test_response_codes(pr: Rig, rc: int) -> None:
     pr.model.page_request(SID, 0x1000, pasid=PASID, prgi=1)
     pr.submit(prg_resp_desc(SID, 1, rc=rc, pasid=PASID))
     resp = pr.model.prq.responses[-1]
@@ -169,20 +174,20 @@ def test_response_codes(pr, rc: int) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("rc", [2, 0xE])
-def test_reserved_response_code_is_a_descriptor_error(pr, rc: int) -> None:  # type: ignore[no-untyped-def]
+def test_reserved_response_code_is_a_descriptor_error(pr: Rig, rc: int) -> None:
     pr.model.page_request(SID, 0x1000, pasid=PASID, prgi=1)
     pr.submit(prg_resp_desc(SID, 1, rc=rc, pasid=PASID))
     assert pr.model.read_reg(Reg.IQERCD, 8) & 0xF == IqeCode.RESERVED_FIELD
     assert pr.model.prq.responses == [] and pr.model.prq.unanswered() == [(SID, PASID, 1)]
 
 
-def test_direct_response_with_reserved_code_is_flagged(pr) -> None:  # type: ignore[no-untyped-def]
+def test_direct_response_with_reserved_code_is_flagged(pr: Rig) -> None:
     pr.model.page_request(SID, 0x1000, pasid=PASID, prgi=1)
     r = pr.model.prq.respond(rid=SID, pasid=PASID, prgi=1, rc=5, lpig=True)
     assert r.rc_reserved and r.matched and r.code.name == "RESPONSE_FAILURE"
 
 
-def test_response_without_prs_is_invalid_descriptor(rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_response_without_prs_is_invalid_descriptor(rig_factory: RigFactory) -> None:
     r = rig_factory(True, prs=False)
     r.enable()
     r.qi_setup()
@@ -190,7 +195,7 @@ def test_response_without_prs_is_invalid_descriptor(rig_factory) -> None:  # typ
     assert r.model.read_reg(Reg.IQERCD, 8) & 0xF == IqeCode.INVALID_TYPE
 
 
-def test_clearing_ppr_and_pro_clears_pending_interrupt(pr) -> None:  # type: ignore[no-untyped-def]
+def test_clearing_ppr_and_pro_clears_pending_interrupt(pr: Rig) -> None:
     m = pr.model
     m.write_reg(Reg.PECTL, 1 << 31)
     m.page_request(SID, 0x1000, pasid=PASID)

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.viommu import GuestMemory, PasidEntry, Pgtt, Reg, TableBuilder, VtdModel
+from harness.viommu.builder import FsTables, SsTables
 from harness.viommu.invalidation import (
     cc_desc,
     devtlb_desc,
@@ -111,6 +112,7 @@ def test_change_is_stale_exactly_without_invalidation(stage: str, pages: list[in
     b = TableBuilder(mem, 0x10_0000, 0x70_0000)
     m = VtdModel(mem)  # CM=1
     b.set_sm_context(SID)
+    tables: FsTables | SsTables
     if stage == "fs":
         tables = b.fs_tables(4)
         pe = PasidEntry(p=1, pgtt=Pgtt.FIRST_STAGE, did=DID, flptptr=tables.root)
@@ -127,7 +129,7 @@ def test_change_is_stale_exactly_without_invalidation(stage: str, pages: list[in
     out = 0x100_0000 if stage == "nested" else 0x200_0000
 
     def map_page(p: int, target: int, writable: bool = True) -> None:
-        if stage == "ss":
+        if isinstance(tables, SsTables):  # stage == "ss"
             tables.map(p * 4096, target + p * 4096, w=writable)
         else:
             tables.map(p * 4096, target + p * 4096, writable=writable)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
 from harness.viommu import FaultOutcome, FaultReason, GuestMemory, PasidEntry, Pgtt, Reg, VtdModel
 from harness.viommu.registers import Gcmd
+
+if TYPE_CHECKING:
+    from conftest import Rig, RigFactory  # tests/viommu/conftest.py (pytest puts tests/viommu on sys.path)
 
 FR = FaultReason
 SID = 0x0018
 PASID = 0x42
 
 
-def test_fs_translation_with_pasid(sm) -> None:  # type: ignore[no-untyped-def]
+def test_fs_translation_with_pasid(sm: Rig) -> None:
     fs = sm.fs_pasid()
     fs.map(0x7F00_0000_0000, 0x30_0000)
     sm.enable()
@@ -21,7 +26,7 @@ def test_fs_translation_with_pasid(sm) -> None:  # type: ignore[no-untyped-def]
     assert t.pasid == PASID and t.level == 1
 
 
-def test_request_without_pasid_uses_rid_pasid(sm) -> None:  # type: ignore[no-untyped-def]
+def test_request_without_pasid_uses_rid_pasid(sm: Rig) -> None:
     fs = sm.fs_pasid(pasid=0)
     fs.map(0x1000, 0x40_0000)
     sm.enable()
@@ -29,7 +34,7 @@ def test_request_without_pasid_uses_rid_pasid(sm) -> None:  # type: ignore[no-un
     assert t.ok and t.address == 0x40_0008 and t.pasid == 0
 
 
-def test_sm_root_faults(sm) -> None:  # type: ignore[no-untyped-def]
+def test_sm_root_faults(sm: Rig) -> None:
     sm.fs_pasid()
     sm.enable()
     assert sm.model.translate(0x0100, 0, pasid=PASID).fault is FR.SM_ROOT_NOT_PRESENT
@@ -45,14 +50,14 @@ def test_sm_root_faults(sm) -> None:  # type: ignore[no-untyped-def]
     assert sm.model.translate(SID, 0, pasid=PASID).fault is FR.SM_ROOT_ACCESS
 
 
-def test_upper_context_table(sm) -> None:  # type: ignore[no-untyped-def]
+def test_upper_context_table(sm: Rig) -> None:
     fs = sm.fs_pasid(sid=0x00A8)
     fs.map(0x2000, 0x50_0000)
     sm.enable()
     assert sm.model.translate(0x00A8, 0x2010, pasid=PASID).address == 0x50_0010
 
 
-def test_sm_context_faults(sm) -> None:  # type: ignore[no-untyped-def]
+def test_sm_context_faults(sm: Rig) -> None:
     sm.fs_pasid()
     sm.enable()
     assert sm.model.translate(0x0019, 0, pasid=PASID).fault is FR.SM_CONTEXT_NOT_PRESENT
@@ -64,7 +69,7 @@ def test_sm_context_faults(sm) -> None:  # type: ignore[no-untyped-def]
     assert sm.model.walk(SID, 0, pasid=PASID).fault is FR.SM_CONTEXT_RESERVED
 
 
-def test_context_invalid_programming(rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_context_invalid_programming(rig_factory: RigFactory) -> None:
     r = rig_factory(True, device_iotlb=False, prs=False)
     r.b.set_sm_context(SID, dte=1)
     r.b.set_sm_context(0x20, pre=1)
@@ -73,7 +78,7 @@ def test_context_invalid_programming(rig_factory) -> None:  # type: ignore[no-un
     assert r.model.translate(0x20, 0, pasid=1).fault is FR.SM_CONTEXT_INVALID
 
 
-def test_paside_and_pdts(sm) -> None:  # type: ignore[no-untyped-def]
+def test_paside_and_pdts(sm: Rig) -> None:
     sm.b.set_sm_context(SID, paside=0, pdts=0)
     sm.b.set_sm_context(0x20, paside=1, pdts=0)  # 128 directory entries: PASID < 8192
     sm.enable()
@@ -82,7 +87,7 @@ def test_paside_and_pdts(sm) -> None:  # type: ignore[no-untyped-def]
     assert sm.model.translate(0x20, 0, pasid=8191).fault is FR.SM_PASID_DIR_NOT_PRESENT
 
 
-def test_pasid_directory_faults(sm) -> None:  # type: ignore[no-untyped-def]
+def test_pasid_directory_faults(sm: Rig) -> None:
     sm.fs_pasid()
     sm.enable()
     pdir = sm.b._pasid_dirs[SID]
@@ -96,7 +101,7 @@ def test_pasid_directory_faults(sm) -> None:  # type: ignore[no-untyped-def]
     assert sm.model.walk(SID, 0, pasid=PASID).fault is FR.SM_PASID_DIR_ACCESS
 
 
-def test_pasid_entry_faults(sm) -> None:  # type: ignore[no-untyped-def]
+def test_pasid_entry_faults(sm: Rig) -> None:
     sm.fs_pasid()
     sm.enable()
     assert sm.model.walk(SID, 0, pasid=PASID + 1).fault is FR.SM_PASID_ENTRY_NOT_PRESENT
@@ -111,7 +116,7 @@ def test_pasid_entry_faults(sm) -> None:  # type: ignore[no-untyped-def]
     assert sm.model.walk(SID, 0, pasid=PASID).fault is FR.SM_PASID_ENTRY_INVALID
 
 
-def test_pgtt_requires_capability(rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_pgtt_requires_capability(rig_factory: RigFactory) -> None:
     r = rig_factory(True, nested=False, slts=False)
     r.nested_pasid()
     r.ss_pasid(pasid=1)
@@ -120,7 +125,7 @@ def test_pgtt_requires_capability(rig_factory) -> None:  # type: ignore[no-untyp
     assert r.model.translate(SID, 0, pasid=1).fault is FR.SM_PASID_ENTRY_INVALID
 
 
-def test_five_level_needs_fs5lp(rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_five_level_needs_fs5lp(rig_factory: RigFactory) -> None:
     r = rig_factory(True)
     r.fs_pasid(levels=5).map(0x1000, 0x20_0000)
     r.enable()
@@ -134,7 +139,7 @@ def test_five_level_needs_fs5lp(rig_factory) -> None:  # type: ignore[no-untyped
     assert t.ok and t.address == 0x20_0010
 
 
-def test_ere_and_sre(sm) -> None:  # type: ignore[no-untyped-def]
+def test_ere_and_sre(sm: Rig) -> None:
     sm.fs_pasid().map(0x1000, 0x20_0000)
     sm.fs_pasid(pasid=2, sre=1, ere=1).map(0x1000, 0x20_0000)
     sm.enable()
@@ -144,7 +149,7 @@ def test_ere_and_sre(sm) -> None:  # type: ignore[no-untyped-def]
     assert m.translate(SID, 0x1000, pasid=2, execute=True, privileged=True).ok
 
 
-def test_pass_through_pgtt(sm) -> None:  # type: ignore[no-untyped-def]
+def test_pass_through_pgtt(sm: Rig) -> None:
     sm.b.set_sm_context(SID)
     sm.b.set_pasid_entry(SID, PASID, PasidEntry(p=1, pgtt=Pgtt.PASS_THROUGH, did=1, aw=2))
     sm.enable()
@@ -154,7 +159,7 @@ def test_pass_through_pgtt(sm) -> None:  # type: ignore[no-untyped-def]
     assert sm.model.translate(SID, 1 << 48, pasid=PASID).fault is FR.SM_BEYOND_HW_MAX
 
 
-def test_sm_fpd_from_pasid_entry(sm) -> None:  # type: ignore[no-untyped-def]
+def test_sm_fpd_from_pasid_entry(sm: Rig) -> None:
     sm.fs_pasid(fpd=1)
     sm.enable()
     t = sm.model.translate(SID, 0x9000, pasid=PASID)
@@ -182,7 +187,7 @@ def test_ttm_reserved_and_abort() -> None:
     assert not t.ok and t.fault is None and t.source == "abort"
 
 
-def test_mode_latched_at_srtp_not_at_rtaddr_write(sm) -> None:  # type: ignore[no-untyped-def]
+def test_mode_latched_at_srtp_not_at_rtaddr_write(sm: Rig) -> None:
     sm.fs_pasid().map(0x1000, 0x20_0000)
     sm.enable()
     sm.model.write_reg(Reg.RTADDR, sm.b.root, 8)  # TTM=00 written but not latched
@@ -192,7 +197,7 @@ def test_mode_latched_at_srtp_not_at_rtaddr_write(sm) -> None:  # type: ignore[n
 
 
 @pytest.mark.parametrize("pgtt", [Pgtt.SECOND_STAGE, Pgtt.NESTED])
-def test_request_without_pasid_for_ss_and_nested(sm, pgtt: Pgtt) -> None:  # type: ignore[no-untyped-def]
+def test_request_without_pasid_for_ss_and_nested(sm: Rig, pgtt: Pgtt) -> None:
     if pgtt == Pgtt.SECOND_STAGE:
         sm.ss_pasid(pasid=0).map(0x3000, 0x70_0000)
     else:

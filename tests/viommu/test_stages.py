@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import pytest
 
-from harness.viommu import FaultReason, GuestMemory, Pgtt, VtdModel
+from harness.viommu import FaultReason, GuestMemory, Pgtt, Translation, VtdModel
 from harness.viommu.first_stage import FS_A, FS_D, FS_PS, FS_XD, FsParams, fs_walk
 from harness.viommu.second_stage import SS_A, SS_D, SS_TM
+
+if TYPE_CHECKING:
+    from conftest import Rig, RigFactory  # tests/viommu/conftest.py (pytest puts tests/viommu on sys.path)
 
 FR = FaultReason
 SID = 0x0018
@@ -15,18 +20,18 @@ PASID = 0x42
 
 # ------------------------------------------------------------------------------ first stage
 @pytest.fixture
-def fsr(sm):  # type: ignore[no-untyped-def]
+def fsr(sm: Rig) -> Rig:
     sm.extra["fs"] = sm.fs_pasid(sre=1, ere=1)
     sm.extra["fs_nx"] = sm.fs_pasid(pasid=2, sre=1, ere=1, nxe=1, smep=1, wpe=1)
     sm.enable()
     return sm
 
 
-def _w(r, addr, **kw):  # type: ignore[no-untyped-def]
+def _w(r: Rig, addr: int, **kw: Any) -> Translation:
     return r.model.walk(SID, addr, pasid=kw.pop("pasid", PASID), **kw)
 
 
-def test_fs_page_sizes(fsr) -> None:  # type: ignore[no-untyped-def]
+def test_fs_page_sizes(fsr: Rig) -> None:
     fs = fsr.extra["fs"]
     fs.map(0x1000, 0x20_0000)
     fs.map(0x40_0000, 0x60_0000, 1 << 21)
@@ -38,24 +43,24 @@ def test_fs_page_sizes(fsr) -> None:  # type: ignore[no-untyped-def]
     assert (t.address, t.page_size, t.level) == (0x4000_0000 + 0x123_4567, 1 << 30, 3)
 
 
-def test_fs_1g_needs_fs1gp(rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_fs_1g_needs_fs1gp(rig_factory: RigFactory) -> None:
     r = rig_factory(True, fs1gp=False)
     r.fs_pasid().map(0x8000_0000, 0x4000_0000, 1 << 30)
     r.enable()
     assert r.model.translate(SID, 0x8000_0000, pasid=PASID).fault is FR.FS_ENTRY_RESERVED
 
 
-def test_fs_not_canonical(fsr) -> None:  # type: ignore[no-untyped-def]
+def test_fs_not_canonical(fsr: Rig) -> None:
     assert _w(fsr, 1 << 47).fault is FR.SM_NOT_CANONICAL
     assert _w(fsr, 0xFFFF_8000_0000_0000).fault is FR.FS_ENTRY_NOT_PRESENT
 
 
-def test_fs_high_half_canonical_address(fsr) -> None:  # type: ignore[no-untyped-def]
+def test_fs_high_half_canonical_address(fsr: Rig) -> None:
     fsr.extra["fs"].map(0xFFFF_8000_0000_0000, 0x20_0000)
     assert _w(fsr, 0xFFFF_8000_0000_0010).address == 0x20_0010
 
 
-def test_fs_not_present_each_level(fsr) -> None:  # type: ignore[no-untyped-def]
+def test_fs_not_present_each_level(fsr: Rig) -> None:
     fs = fsr.extra["fs"]
     fs.map(0x1000, 0x20_0000)
     for level in (4, 3, 2, 1):
@@ -67,7 +72,7 @@ def test_fs_not_present_each_level(fsr) -> None:  # type: ignore[no-untyped-def]
         fsr.b.write_u64(ea, old)
 
 
-def test_fs_access_errors(fsr) -> None:  # type: ignore[no-untyped-def]
+def test_fs_access_errors(fsr: Rig) -> None:
     fs = fsr.extra["fs"]
     fs.set_entry(0x1000, 3, (1 << 40) | 7)
     assert _w(fsr, 0x1000).fault is FR.FS_ENTRY_ACCESS
@@ -82,7 +87,7 @@ def test_fs_access_errors(fsr) -> None:  # type: ignore[no-untyped-def]
     ("level", "bits"),
     [(4, FS_PS), (1, 1 << 50), (2, FS_PS | (1 << 13)), (3, FS_PS | (1 << 20)), (1, FS_XD)],
 )
-def test_fs_reserved(fsr, level: int, bits: int) -> None:  # type: ignore[no-untyped-def]
+def test_fs_reserved(fsr: Rig, level: int, bits: int) -> None:
     fs = fsr.extra["fs"]
     fs.map(0x4000_0000, 0x20_0000)
     ea = fs.entry_address(0x4000_0000, level, create=False)
@@ -94,14 +99,14 @@ def test_fs_reserved(fsr, level: int, bits: int) -> None:  # type: ignore[no-unt
     assert t.fault is FR.FS_ENTRY_RESERVED and t.level == level
 
 
-def test_fs_user_supervisor(fsr) -> None:  # type: ignore[no-untyped-def]
+def test_fs_user_supervisor(fsr: Rig) -> None:
     fs = fsr.extra["fs"]
     fs.map(0x1000, 0x20_0000, user=False)
     assert _w(fsr, 0x1000).fault is FR.SM_USER_DENIED
     assert _w(fsr, 0x1000, privileged=True).ok
 
 
-def test_fs_write_permission_and_wpe(fsr) -> None:  # type: ignore[no-untyped-def]
+def test_fs_write_permission_and_wpe(fsr: Rig) -> None:
     fsr.extra["fs"].map(0x1000, 0x20_0000, writable=False)
     fsr.extra["fs_nx"].map(0x1000, 0x20_0000, writable=False)
     assert _w(fsr, 0x1000, write=True).fault is FR.SM_WRITE_DENIED
@@ -109,7 +114,7 @@ def test_fs_write_permission_and_wpe(fsr) -> None:  # type: ignore[no-untyped-de
     assert _w(fsr, 0x1000, pasid=2, write=True, privileged=True).fault is FR.SM_WRITE_DENIED
 
 
-def test_fs_execute_xd_and_smep(fsr) -> None:  # type: ignore[no-untyped-def]
+def test_fs_execute_xd_and_smep(fsr: Rig) -> None:
     fs = fsr.extra["fs_nx"]
     fs.map(0x1000, 0x20_0000, xd=True)
     fs.map(0x2000, 0x21_0000)
@@ -120,7 +125,7 @@ def test_fs_execute_xd_and_smep(fsr) -> None:  # type: ignore[no-untyped-def]
     assert _w(fsr, 0x2000, pasid=2, execute=True, privileged=True).fault is FR.SM_EXECUTE_DENIED
 
 
-def test_fs_accessed_and_dirty(fsr) -> None:  # type: ignore[no-untyped-def]
+def test_fs_accessed_and_dirty(fsr: Rig) -> None:
     fs = fsr.extra["fs"]
     leaf = fs.map(0x1000, 0x20_0000)
     upper = [fs.entry_address(0x1000, lvl, create=False) for lvl in (4, 3, 2)]
@@ -133,13 +138,13 @@ def test_fs_accessed_and_dirty(fsr) -> None:  # type: ignore[no-untyped-def]
     assert fsr.model.translate(SID, 0x1000, pasid=PASID, write=True).source == "iotlb"
 
 
-def test_fs_no_ad_on_fault(fsr) -> None:  # type: ignore[no-untyped-def]
+def test_fs_no_ad_on_fault(fsr: Rig) -> None:
     leaf = fsr.extra["fs"].map(0x1000, 0x20_0000, writable=False)
     fsr.model.translate(SID, 0x1000, pasid=PASID, write=True)
     assert not fsr.mem.read_u64(leaf) & (FS_A | FS_D)
 
 
-def test_fs_ad_update_failure_on_read_only_memory(rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_fs_ad_update_failure_on_read_only_memory(rig_factory: RigFactory) -> None:
     r = rig_factory(True)
     r.fs_pasid().map(0x1000, 0x20_0000)
     ro = GuestMemory(bytes(r.mem.read(0, r.mem.size)))
@@ -148,27 +153,27 @@ def test_fs_ad_update_failure_on_read_only_memory(rig_factory) -> None:  # type:
     assert m.translate(SID, 0x1000, pasid=PASID).fault is FR.FS_AD_UPDATE_FAILED
 
 
-def test_fs_output_in_interrupt_range(fsr) -> None:  # type: ignore[no-untyped-def]
+def test_fs_output_in_interrupt_range(fsr: Rig) -> None:
     fsr.extra["fs"].map(0x1000, 0xFEE0_0000)
     assert fsr.model.translate(SID, 0x1000, pasid=PASID).fault is FR.SM_INTERRUPT_RANGE
 
 
 # ------------------------------------------------------------------------------ second stage
 @pytest.fixture
-def ssr(sm):  # type: ignore[no-untyped-def]
+def ssr(sm: Rig) -> Rig:
     sm.extra["ss"] = sm.ss_pasid(slee=1, ere=1)
     sm.extra["ss_ad"] = sm.ss_pasid(pasid=2, slade=1)
     sm.enable()
     return sm
 
 
-def test_ss_sm_translation(ssr) -> None:  # type: ignore[no-untyped-def]
+def test_ss_sm_translation(ssr: Rig) -> None:
     ssr.extra["ss"].map(0x4000_0000, 0x20_0000, 1 << 21)
     t = ssr.model.translate(SID, 0x4000_1234, pasid=PASID, write=True)
     assert t.ok and t.address == 0x20_1234 and t.pgtt is Pgtt.SECOND_STAGE
 
 
-def test_ss_sm_fault_codes(ssr) -> None:  # type: ignore[no-untyped-def]
+def test_ss_sm_fault_codes(ssr: Rig) -> None:
     ss = ssr.extra["ss"]
     ss.map(0x1000, 0x20_0000, w=False)
     ss.map(0x2000, 0x21_0000, r=False)
@@ -186,7 +191,7 @@ def test_ss_sm_fault_codes(ssr) -> None:  # type: ignore[no-untyped-def]
     assert _w(ssr, 0x8000_0000).fault is FR.SS_SM_ENTRY_ACCESS
 
 
-def test_ss_sm_invalid_slptptr(sm) -> None:  # type: ignore[no-untyped-def]
+def test_ss_sm_invalid_slptptr(sm: Rig) -> None:
     from harness.viommu import PasidEntry
     sm.b.set_sm_context(SID)
     sm.b.set_pasid_entry(SID, PASID, PasidEntry(p=1, pgtt=2, did=1, aw=2, slptptr=1 << 40))
@@ -194,7 +199,7 @@ def test_ss_sm_invalid_slptptr(sm) -> None:  # type: ignore[no-untyped-def]
     assert sm.model.translate(SID, 0, pasid=PASID).fault is FR.SS_SM_INVALID_SLPTPTR
 
 
-def test_ss_ad_with_ssade(ssr) -> None:  # type: ignore[no-untyped-def]
+def test_ss_ad_with_ssade(ssr: Rig) -> None:
     leaf = ssr.extra["ss_ad"].map(0x1000, 0x20_0000)
     plain = ssr.extra["ss"].map(0x1000, 0x20_0000)
     ssr.model.translate(SID, 0x1000, pasid=2)
@@ -205,7 +210,7 @@ def test_ss_ad_with_ssade(ssr) -> None:  # type: ignore[no-untyped-def]
     assert ssr.mem.read_u64(plain) & (SS_A | SS_D) == 0  # SSADE=0: untouched
 
 
-def test_ssade_reserved_without_ssads(rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_ssade_reserved_without_ssads(rig_factory: RigFactory) -> None:
     r = rig_factory(True, ssads=False)
     r.ss_pasid(slade=1)
     r.enable()
@@ -214,14 +219,14 @@ def test_ssade_reserved_without_ssads(rig_factory) -> None:  # type: ignore[no-u
 
 # ------------------------------------------------------------------------------ nested
 @pytest.fixture
-def nr(sm):  # type: ignore[no-untyped-def]
+def nr(sm: Rig) -> Rig:
     fs, ss = sm.nested_pasid()
     sm.extra.update(fs=fs, ss=ss)
     sm.enable()
     return sm
 
 
-def test_nested_translation(nr) -> None:  # type: ignore[no-untyped-def]
+def test_nested_translation(nr: Rig) -> None:
     fs, ss = nr.extra["fs"], nr.extra["ss"]
     fs.map(0x7000_0000_0000, 0x1_0000_0000, 1 << 21)  # GVA -> GPA, 2M
     ss.map(0x1_0000_0000, 0x20_0000, 1 << 21)  # GPA -> HPA, 2M
@@ -230,7 +235,7 @@ def test_nested_translation(nr) -> None:  # type: ignore[no-untyped-def]
     assert t.page_size == 1 << 21
 
 
-def test_nested_page_size_is_the_smaller(nr) -> None:  # type: ignore[no-untyped-def]
+def test_nested_page_size_is_the_smaller(nr: Rig) -> None:
     fs, ss = nr.extra["fs"], nr.extra["ss"]
     fs.map(0x4000_0000, 0x8000_0000, 1 << 30)
     ss.map(0x8000_0000 + 0x5000, 0x30_0000)
@@ -238,7 +243,7 @@ def test_nested_page_size_is_the_smaller(nr) -> None:  # type: ignore[no-untyped
     assert t.address == 0x30_0010 and t.page_size == 4096
 
 
-def test_nested_fs_tables_go_through_ss(nr) -> None:  # type: ignore[no-untyped-def]
+def test_nested_fs_tables_go_through_ss(nr: Rig) -> None:
     fs, ss = nr.extra["fs"], nr.extra["ss"]
     fs.map(0x1000, 0x9000_0000)
     ss.map(0x9000_0000, 0x20_0000)
@@ -250,7 +255,7 @@ def test_nested_fs_tables_go_through_ss(nr) -> None:  # type: ignore[no-untyped-
     assert nr.model.walk(SID, 0x1000, pasid=PASID).fault is FR.FS_NESTED_ROOT_READ_DENIED
 
 
-def test_nested_entry_read_denied(nr) -> None:  # type: ignore[no-untyped-def]
+def test_nested_entry_read_denied(nr: Rig) -> None:
     fs, ss = nr.extra["fs"], nr.extra["ss"]
     fs.map(0x1000, 0x9000_0000)
     ss.map(0x9000_0000, 0x20_0000)
@@ -259,7 +264,7 @@ def test_nested_entry_read_denied(nr) -> None:  # type: ignore[no-untyped-def]
     assert nr.model.walk(SID, 0x1000, pasid=PASID).fault is FR.FS_NESTED_ENTRY_READ_DENIED
 
 
-def test_nested_ad_write_denied(nr) -> None:  # type: ignore[no-untyped-def]
+def test_nested_ad_write_denied(nr: Rig) -> None:
     fs, ss = nr.extra["fs"], nr.extra["ss"]
     fs.map(0x1000, 0x9000_0000)
     ss.map(0x9000_0000, 0x20_0000)
@@ -269,7 +274,7 @@ def test_nested_ad_write_denied(nr) -> None:  # type: ignore[no-untyped-def]
     assert nr.model.walk(SID, 0x1000, pasid=PASID, update_ad=False).ok
 
 
-def test_nested_table_beyond_ss_width(sm) -> None:  # type: ignore[no-untyped-def]
+def test_nested_table_beyond_ss_width(sm: Rig) -> None:
     from harness.viommu import PasidEntry
     ss = sm.b.ss_tables(3)  # 39-bit second stage
     fs = sm.b.fs_tables(4, ss=ss, gpa_offset=0x1000_0000)
@@ -284,7 +289,7 @@ def test_nested_table_beyond_ss_width(sm) -> None:  # type: ignore[no-untyped-de
     assert sm.model.walk(SID, va, pasid=PASID).fault is FR.FS_NESTED_BEYOND_MGAW
 
 
-def test_nested_final_ss_faults(nr) -> None:  # type: ignore[no-untyped-def]
+def test_nested_final_ss_faults(nr: Rig) -> None:
     fs, ss = nr.extra["fs"], nr.extra["ss"]
     fs.map(0x1000, 0x9000_0000)
     assert nr.model.walk(SID, 0x1000, pasid=PASID).fault is FR.SS_SM_ENTRY_NOT_PRESENT
