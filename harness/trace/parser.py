@@ -276,7 +276,8 @@ def _chunks(fh: IO[str]) -> Iterator[tuple[str, bool]]:
 
 _SECOND = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 _LINE_SECOND = re.compile(r"\n(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)")
-_SEGMENT = 1 << 18  # characters per block of _no_such_second
+_SEGMENT = 1 << 14  # characters per block of _no_such_second
+_LINE_BY_LINE = 1 << 9  # a mixed block this small is read line by line
 _REAL_SECOND: dict[str, bool] = {}
 
 
@@ -298,21 +299,30 @@ def _no_such_second(chunk: str) -> list[int]:
 
     A trace spends thousands of lines in one second, so the chunk is taken in blocks:
     when every line of a block starts with its first line's second (two counts, in C),
-    one look at that second decides the block; only a block where the second changes
-    is read line by line. Lines without the shape are odd lines, found elsewhere."""
+    one look at that second decides the block; a block where the second changes is
+    halved until the halves are uniform, or small enough to read line by line. Lines
+    without the shape are odd lines, found elsewhere."""
     bad: list[int] = []
     end = len(chunk) - 1
+    blocks: list[tuple[int, int]] = []
     a = 0
     while a < end:
         b = chunk.find("\n", min(a + _SEGMENT, end))
+        blocks.append((a, b))
+        a = b
+    while blocks:
+        a, b = blocks.pop()
         second = chunk[a + 1:a + 20]
         if _SECOND.fullmatch(second) and chunk.count("\n", a, b) == chunk.count("\n" + second, a, b):
             if not _real_second(second):
                 bad.extend(p for p in range(a, b) if chunk[p] == "\n")
+            continue
+        mid = chunk.find("\n", a + (b - a) // 2, b) if b - a > _LINE_BY_LINE else -1
+        if mid > a:
+            blocks += [(a, mid), (mid, b)]
         else:
             bad.extend(m.start() for m in _LINE_SECOND.finditer(chunk, a, b)
                        if not _real_second(m.group(1)))
-        a = b
     return bad
 
 

@@ -93,13 +93,15 @@ def test_a_line_of_no_such_day_is_an_error_even_when_its_event_is_not_read(tmp_p
     _follower_raises(f, TE11, 1, "bad timestamp prefix")
 
 
-@pytest.mark.parametrize("block", [1 << 18, 200], ids=["one block", "blocks of 200 chars"])
+@pytest.mark.parametrize(("block", "line_by_line"), [(1 << 14, 1 << 9), (200, 1 << 9), (1 << 14, 1)],
+                         ids=["one block, halved", "blocks of 200 chars", "halved to single lines"])
 def test_every_line_of_a_second_that_does_not_exist_is_reported_on_both_paths(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int, line_by_line: int) -> None:
     # The selective scan decides a block of lines by its first line's second when all
-    # share it; here a run of lines in the middle is moved to Feb 30, once one line of
-    # them and once a block edge between them.
+    # share it, and halves a block where the second changes; here a run of lines in the
+    # middle is moved to Feb 30: inside one block, across block edges, down to lines.
     monkeypatch.setattr(parser, "_SEGMENT", block)
+    monkeypatch.setattr(parser, "_LINE_BY_LINE", line_by_line)
     lines = QEMU11.read_text().splitlines(keepends=True)
     for i in range(50, 60):
         lines[i] = lines[i].replace("2026-12-01T", "2026-02-30T", 1)
