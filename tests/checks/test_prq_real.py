@@ -7,6 +7,7 @@ from pathlib import Path
 
 from harness.checks.prq_real import PRQ_EVENTS, DeviceCounts, check_prq_real
 from harness.results import Verdict
+from harness.trace.events import TraceEvent
 from harness.trace.parser import iter_events
 
 TRACES = Path(__file__).resolve().parents[1] / "fixtures" / "traces"
@@ -14,7 +15,7 @@ TRACE = TRACES / "svmval-sva-prq.trace"
 FORMATS = TRACES / "qemu10.2.2-svmval-vtd-trace-events"
 
 
-def events(lines: list[str] | None = None) -> list:  # type: ignore[type-arg]
+def events(lines: list[str] | None = None) -> list[TraceEvent]:
     src = lines if lines is not None else TRACE
     return list(iter_events(src, names=PRQ_EVENTS, strict=True, trace_events=FORMATS))
 

@@ -11,7 +11,7 @@ from harness.checks.faults import ExpectedFault, check_faults
 from harness.checks.qi import QI_EVENTS, QiReplay, check_qi
 from harness.checks.walks import change_kind, fill_mismatch, model_walk
 from harness.results import Verdict
-from harness.trace.events import FsWalkEntry, IotlbPageUpdate
+from harness.trace.events import FsWalkEntry, IotlbPageUpdate, TraceEvent
 from harness.trace.parser import iter_events
 from harness.viommu import FaultReason
 
@@ -25,7 +25,7 @@ FAULT = TRACES / "svmval-plain-edu-fault.trace"
 EDU = 0x30  # edu's source-id: all its fills in these excerpts are inside them
 
 
-def events(path: Path) -> list:  # type: ignore[type-arg]
+def events(path: Path) -> list[TraceEvent]:
     """The excerpt's descriptors and edu's walks, fills and hits (other devices' entries
     were filled before the excerpt begins: the replay would take them as invalidated)."""
     evs = iter_events(path, names=QI_EVENTS, strict=True, trace_events=FORMATS)

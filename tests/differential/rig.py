@@ -58,6 +58,7 @@ def compare_dma(q: QtestMachine, model: VtdModel, sid: int) -> None:
     dst = model.translate(sid, IOVA_DST, write=True)
     assert (src.ok, src.address, dst.ok, dst.address) == (True, SRC_HPA, True, DST_HPA)
     # QEMU moved the data exactly where the model says the translations lead.
+    assert dst.address is not None
     assert q.read(dst.address, 4096) == PATTERN
     assert fault_record(q) is None
 

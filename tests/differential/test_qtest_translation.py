@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import rig
@@ -445,7 +444,7 @@ class Case:
 
 
 def _legacy(u: Unit, *, tt: int = 0, aw: int = 2, fpd: int = 0, levels: int = 4,
-            edit: Callable[[TableBuilder, Any], None] | None = None, root: int | None = None
+            edit: Callable[[TableBuilder, SsTables], object] | None = None, root: int | None = None
             ) -> tuple[TableBuilder, int | None]:
     b = u.scenario(scalable=False)
     ss = b.ss_tables(levels)
@@ -531,7 +530,7 @@ def test_divergence_legacy_interrupt_range_uses_sm_code_on_sm_capable_unit(machi
 
 
 def _sm(u: Unit, *, pe: dict[str, int] | None = None, ctx: dict[str, int] | None = None,
-        edit: Callable[[TableBuilder, Any], None] | None = None, root: int | None = None
+        edit: Callable[[TableBuilder, FsTables], object] | None = None, root: int | None = None
         ) -> tuple[TableBuilder, int | None]:
     b, fs = fs_scenario(u, pasid_entry=pe)
     if ctx:
@@ -603,7 +602,7 @@ def test_scalable_first_stage_fault_reasons(machines: Callable[[str], Unit], cas
     u.fault(case.iova, case.write, case.spec)
 
 
-def _smss(u: Unit, *, edit: Callable[[TableBuilder, Any], None] | None = None,
+def _smss(u: Unit, *, edit: Callable[[TableBuilder, SsTables], object] | None = None,
           slptptr: int | None = None, ctx: dict[str, int] | None = None, pgtt: int = Pgtt.SECOND_STAGE
           ) -> tuple[TableBuilder, int | None]:
     b = u.scenario(scalable=True)

@@ -4,6 +4,8 @@ encode(decode(x)) gives x back wherever an encoder exists."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 from fuzzcount import counted, fuzz_settings
 from hypothesis import given
@@ -39,14 +41,14 @@ caps = st.builds(QiCaps, st.booleans(), st.booleans(), st.booleans())
 @given(st.one_of(qword, typed_qw0), qword, qword, qword, st.sampled_from([128, 256]), caps)
 @counted
 def test_any_descriptor_decodes_and_a_valid_one_round_trips(q0: int, q1: int, q2: int, q3: int,
-                                                            width: int, c: QiCaps) -> None:
+                                                            width: Literal[128, 256], c: QiCaps) -> None:
     qws = (q0, q1, q2, q3) if width == 256 else (q0, q1, 0, 0)
-    d = decode_inv_desc(*qws, width=width, caps=c)  # type: ignore[arg-type]
+    d = decode_inv_desc(*qws, width=width, caps=c)
     assert isinstance(d, InvDescriptor | InvalidDescriptor)
     if isinstance(d, InvDescriptor):
         # Reserved bits are zero in a valid descriptor, so encoding gives the bits back.
-        assert d.encode(width) == qws[: width // 64]  # type: ignore[arg-type]
-        assert all(q & m == 0 for q, m in zip(qws, reserved_masks(d.desc_type, width, c), strict=False))  # type: ignore[arg-type]
+        assert d.encode(width) == qws[: width // 64]
+        assert all(q & m == 0 for q, m in zip(qws, reserved_masks(d.desc_type, width, c), strict=False))
 
 
 @fuzz_settings()
@@ -55,7 +57,7 @@ def test_any_descriptor_decodes_and_a_valid_one_round_trips(q0: int, q1: int, q2
 def test_a_traced_descriptor_decodes_as_the_qi_check_decodes_it(low: int, high: int) -> None:
     """What the QI check does with a vtd_inv_desc line's two words (qw2/qw3 untraced)."""
     for width in (128, 256):
-        assert isinstance(decode_inv_desc(low, high, width=width, caps=QEMU_10_SM_CAPS),  # type: ignore[arg-type]
+        assert isinstance(decode_inv_desc(low, high, width=width, caps=QEMU_10_SM_CAPS),
                           InvDescriptor | InvalidDescriptor)
 
 
@@ -77,7 +79,7 @@ def test_root_context_and_pasid_entries_decode_and_round_trip(q0: int, q1: int, 
     for cls, qws in ((LegacyRootEntry, (q0, q1)), (LegacyContextEntry, (q0, q1)),
                      (ScalableRootEntry, (q0, q1)), (ScalableContextEntry, (q0, q1, q2, q3)),
                      (PasidEntry, (q0, q1, q2, q3, 0, 0, 0, 0))):
-        e = cls.decode(*qws)  # type: ignore[attr-defined]
-        assert cls.decode(*e.encode()) == e  # type: ignore[attr-defined]
+        e = cls.decode(*qws)
+        assert cls.decode(*e.encode()) == e
     d = PasidDirEntry.decode(q0)
     assert PasidDirEntry.decode(d.encode()) == d

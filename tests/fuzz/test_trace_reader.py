@@ -12,7 +12,7 @@ from fuzzcount import counted, fuzz_settings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.trace import BadLine, TraceParseError, iter_events
+from harness.trace import BadLine, TraceEvent, TraceParseError, iter_events
 
 pytestmark = pytest.mark.fuzz
 
@@ -28,12 +28,13 @@ WANTED = ["vtd_inv_desc", "vtd_inv_qi_tail", "vtd_inv_desc_iotlb_global", "vtd_d
 TIME_ORDER = "timestamp steps back"
 
 
-def _read(text: str, formats: Path, **kw: object) -> list | TraceParseError:
+def _read(text: str, formats: Path, *, names: list[str] | None = None,
+          strict: bool = False) -> list[TraceEvent] | TraceParseError:
     with tempfile.TemporaryDirectory() as d:
         f = Path(d) / "trace.log"
         f.write_bytes(text.encode("utf-8", "surrogatepass"))
         try:
-            return list(iter_events(f, trace_events=formats, **kw))  # type: ignore[arg-type]
+            return list(iter_events(f, trace_events=formats, names=names, strict=strict))
         except TraceParseError as e:  # the one error allowed
             return e
 
@@ -54,8 +55,9 @@ def _agree(text: str, formats: Path) -> None:
         if isinstance(e, BadLine) or isinstance(f, BadLine):
             # Either both see a bad line, or they differ only by the time-order check,
             # which each path applies to the timestamps it reads.
-            assert isinstance(e, BadLine) == isinstance(f, BadLine) or TIME_ORDER in (
-                e.reason if isinstance(e, BadLine) else f.reason)  # type: ignore[union-attr]
+            bad_one = e if isinstance(e, BadLine) else f
+            assert isinstance(bad_one, BadLine)
+            assert isinstance(e, BadLine) == isinstance(f, BadLine) or TIME_ORDER in bad_one.reason
         else:
             assert e == f
     # Nothing the full path reports of a wanted or nameless line is missed.

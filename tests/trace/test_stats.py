@@ -7,11 +7,12 @@ import lzma
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 TRACES = Path(__file__).resolve().parents[1] / "fixtures" / "traces"
 
 
-def stats(path: Path, formats: Path) -> dict:  # type: ignore[type-arg]
+def stats(path: Path, formats: Path) -> dict[str, Any]:  # the --json document
     out = subprocess.run([sys.executable, "-m", "harness.cli", "trace", "stats", str(path), "--formats",
                           str(formats), "--json"], capture_output=True, text=True, check=True, timeout=120)
     return json.loads(out.stdout)
