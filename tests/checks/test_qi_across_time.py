@@ -11,7 +11,7 @@ from harness.checks.faults import ExpectedFault, check_faults
 from harness.checks.qi import QI_EVENTS, QiReplay, check_qi
 from harness.checks.walks import change_kind, fill_mismatch, model_walk
 from harness.results import Verdict
-from harness.trace.events import FsWalkEntry, IotlbPageUpdate, TraceEvent
+from harness.trace.events import DmarFault, FsWalkEntry, IotlbPageUpdate, TraceEvent
 from harness.trace.parser import iter_events
 from harness.viommu import FaultReason
 
@@ -98,14 +98,15 @@ def test_a_provoked_fault_is_judged_on_the_walk_qemu_made_at_the_fault() -> None
     replay = QiReplay()
     replay.feed(evs)
     fault = evs[-1]
+    assert isinstance(fault, DmarFault)
     assert model_walk(replay.fault_walks[fault.line]).fault is FaultReason.FS_ENTRY_NOT_PRESENT
-    expected = [ExpectedFault("edu_dma_fault", 0x30, fault.addr, False)]  # type: ignore[attr-defined]
-    console = (f"DMAR: [DMA Read NO_PASID] Request device [00:06.0] fault addr {fault.addr:#x} "  # type: ignore[attr-defined]
+    expected = [ExpectedFault("edu_dma_fault", 0x30, fault.addr, False)]
+    console = (f"DMAR: [DMA Read NO_PASID] Request device [00:06.0] fault addr {fault.addr:#x} "
                "[fault reason 0x71] First-stage entry P clear")
     r = check_faults(evs, expected, None, None, console, walks=replay.fault_walks)
     assert r.verdict is Verdict.PASS, [f.message for f in r.findings]
     assert r.counts["reason_from_walk_at_fault"] == 1
     # The device made a write, the unit recorded a read: direction is compared.
-    r = check_faults(evs, [ExpectedFault("edu_dma_fault", 0x30, fault.addr, True)],  # type: ignore[attr-defined]
+    r = check_faults(evs, [ExpectedFault("edu_dma_fault", 0x30, fault.addr, True)],
                      None, None, console, walks=replay.fault_walks)
     assert r.verdict is Verdict.FAIL and "recorded a DMA read, the device made a write" in r.findings[0].message

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.checks.qi import check_qi
+from harness.results import CheckResult
 from harness.trace.parser import iter_events
 from harness.viommu import GuestMemory
 from reports.bundle import Verdict
@@ -20,7 +21,7 @@ def lines() -> list[str]:
     return lzma.decompress(FIXTURE.read_bytes()).decode().splitlines(keepends=True)
 
 
-def judge(lines: list[str]):  # type: ignore[no-untyped-def]
+def judge(lines: list[str]) -> CheckResult:
     return check_qi(iter_events(lines), None)
 
 

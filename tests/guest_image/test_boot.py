@@ -120,7 +120,7 @@ def test_svmcache_disk_is_mounted_for_pocl(image: GuestImage, tmp_path: Path) ->
         finally:
             client.close()
     # The write went to the persistent disk (not to a snapshot): it is there after power-off.
-    out = subprocess.run(
+    probe = subprocess.run(
         ["debugfs", "-R", "cat /probe", str(disk)], capture_output=True, text=True, check=True
     )
-    assert out.stdout.strip() == "kept"
+    assert probe.stdout.strip() == "kept"

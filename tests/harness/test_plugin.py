@@ -86,11 +86,8 @@ def test_markers_are_registered(pytester: pytest.Pytester, lab: Path) -> None:
 
 def test_each_host_is_one_xdist_group(pytester: pytest.Pytester, lab: Path) -> None:
     items, _ = pytester.inline_genitems("--inventory", str(lab), "--host", "gpu1", "--host", "gpu2")
-    groups = {
-        item.name: item.get_closest_marker("xdist_group").kwargs["name"]  # type: ignore[union-attr]
-        for item in items
-        if item.name.startswith("test_each")
-    }
+    marks = {item.name: item.get_closest_marker("xdist_group") for item in items if item.name.startswith("test_each")}
+    groups = {name: mark.kwargs["name"] for name, mark in marks.items() if mark is not None}
     assert groups == {"test_each[gpu1]": "host-gpu1", "test_each[gpu2]": "host-gpu2"}
     # and the suite really runs that way under xdist
     result = pytester.runpytest(

@@ -29,7 +29,7 @@ class Lab:
     def inventory(self, **fields: str | int) -> Path:
         fields = {"device": self.fake.bdf, "sysroot": str(self.fake.root), "workdir": str(self.workdir),
                   "nesting": "none", **fields}
-        return self.sshd.inventory(**fields)
+        return self.sshd.inventory("sshtest", **fields)  # the host name host() looks up
 
     def host(self, **fields: str | int) -> HostSpec:
         return load_inventory(self.inventory(**fields)).get("sshtest")

@@ -21,13 +21,14 @@ from harness.paths import REPO_ROOT
 from harness.remote import ConnectionLost, LocalTarget, SshTarget
 from harness.run import run
 from host_setup.preflight import run_preflight
+from host_setup.preflight_line import PreflightLine
 from host_setup.provision import DeviceBusy, HostLocked, LabHost, provisioned, restore_host
 from reports.bundle import Verdict
 
 MakeLab = Callable[[str], Lab]
 
 
-def _preflight(lab: Lab) -> dict[str, object]:
+def _preflight(lab: Lab) -> dict[str, PreflightLine]:
     host = lab.host()
     with SshTarget(host) as t:
         return {v.name: v for v in run_preflight(t, host)}
@@ -44,31 +45,31 @@ def test_preflight_of_a_sapphire_rapids_host_whose_units_lack_pasid(make_lab: Ma
     v = _preflight(make_lab("spr-dsa"))
     ecap = v["dmar0 ECAP"]
     # As published: scalable mode, both stages and nesting, but PASID off in ECAP.
-    assert ecap.ok is False and "ecap 0x3ee9e86f050df" in ecap.value  # type: ignore[attr-defined]
-    assert "lacks PASID" in ecap.value and "second-stage" not in ecap.value  # type: ignore[attr-defined]
-    assert v["kernel cmdline"].ok is True  # type: ignore[attr-defined]
-    assert v["device driver"].value == "idxd"  # type: ignore[attr-defined]
+    assert ecap.ok is False and "ecap 0x3ee9e86f050df" in ecap.value
+    assert "lacks PASID" in ecap.value and "second-stage" not in ecap.value
+    assert v["kernel cmdline"].ok is True
+    assert v["device driver"].value == "idxd"
     group = v["device IOMMU group"]
-    assert group.ok is False and "not behind an enabled IOMMU" in group.value  # type: ignore[attr-defined]
+    assert group.ok is False and "not behind an enabled IOMMU" in group.value
 
 
 def test_preflight_of_a_host_without_scalable_mode(make_lab: MakeLab) -> None:
     v = _preflight(make_lab("no-sm"))
     for unit in ("dmar0", "dmar1"):
         ecap = v[f"{unit} ECAP"]
-        assert ecap.ok is False and "scalable mode" in ecap.value and ecap.fix  # type: ignore[attr-defined]
+        assert ecap.ok is False and "scalable mode" in ecap.value and ecap.fix
     cmdline = v["kernel cmdline"]
-    assert cmdline.ok is False and "intel_iommu=on,sm_on" in cmdline.fix  # type: ignore[attr-defined]
+    assert cmdline.ok is False and "intel_iommu=on,sm_on" in cmdline.fix
     # Its integrated GPU does list PASID, ATS and PRI (lspci -vv as published).
-    assert v["device PASID/ATS/PRI"].ok is True  # type: ignore[attr-defined]
+    assert v["device PASID/ATS/PRI"].ok is True
 
 
 def test_preflight_of_a_device_sharing_its_iommu_group(make_lab: MakeLab) -> None:
     v = _preflight(make_lab("shared-group"))
     group = v["device IOMMU group"]
-    assert group.ok is False  # type: ignore[attr-defined]
-    assert "0000:02:00.0" in group.value and "shares its group" in group.fix  # type: ignore[attr-defined]
-    assert v["VT-d units"].ok is False  # type: ignore[attr-defined]  # no DMAR unit was published
+    assert group.ok is False
+    assert "0000:02:00.0" in group.value and "shares its group" in group.fix
+    assert v["VT-d units"].ok is False  # no DMAR unit was published
 
 
 def test_provisioning_hands_the_device_to_vfio_and_restores_it(make_lab: MakeLab) -> None:
@@ -118,11 +119,12 @@ def test_a_device_already_on_vfio_is_left_to_its_owner(make_lab: MakeLab) -> Non
 def _drop_connections(sshd: Sshd) -> None:
     """Kill the per-connection sshd processes: every session drops, the listener stays."""
     master = int((sshd.dir / "sshd.pid").read_text())
-    tree, todo = [], [master]
+    tree: list[str] = []
+    todo = [master]
     while todo:  # monitor and session processes, all descendants of the listener
         kids = subprocess.run(["pgrep", "-P", str(todo.pop())], capture_output=True, text=True).stdout.split()
         tree += kids
-        todo += kids
+        todo += [int(k) for k in kids]
     for pid in tree:
         os.kill(int(pid), signal.SIGKILL)
 
@@ -204,5 +206,6 @@ def test_one_api_for_this_machine_and_a_host_over_ssh(make_lab: MakeLab, monkeyp
         assert run_preflight(local, host) == run_preflight(remote, host)
         with provisioned(local, host, "local-run"):
             assert lab.fake.driver() == "vfio-pci" and lab.fake.nr_hugepages == 1024
-            assert LabHost.read_journal(remote, host).run_id == "local-run"  # type: ignore[union-attr]
+            journal = LabHost.read_journal(remote, host)
+            assert journal is not None and journal.run_id == "local-run"
     assert lab.fake.driver() == "i915" and lab.fake.nr_hugepages == 0 and not lab.lock.exists()

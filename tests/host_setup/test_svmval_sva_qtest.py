@@ -342,6 +342,7 @@ def test_plain_dma_without_pasid_goes_through_the_second_stage(qemu: str) -> Non
         src = model.translate(SID, IOVA_SRC)
         dst = model.translate(SID, IOVA_DST, write=True)
         assert (src.address, dst.address) == (HPA_A, HPA_B)
+        assert dst.address is not None
         assert q.run(COPY, IOVA_SRC, 4096, dst=IOVA_DST) == (DONE, 0)
         assert q.read(dst.address, 4096) == DATA[:4096]
         assert msi_seen(q)  # the MSI went through the second stage too
@@ -382,7 +383,7 @@ def test_ats_with_a_pasid_lands_at_the_models_translation(qemu: str) -> None:
         assert msi_seen(q)
         for k in range(0, n, 997):
             t = model.translation_request(SID, GVA_B + doff + k, pasid=PASID, write=True)
-            assert t.ok and q.read(t.address, 1) == DATA[soff + k : soff + k + 1]
+            assert t.ok and t.address is not None and q.read(t.address, 1) == DATA[soff + k : soff + k + 1]
         landed = q.read(HPA_B + doff, 4096 - doff) + q.read(HPA_D, n - 4096 + doff)
         assert landed == DATA[soff : soff + n]
         c = q.counters()
@@ -410,7 +411,7 @@ def test_page_request_round_trip_then_failure_and_invalid(qemu: str) -> None:
         q.start(WRITE_PATTERN, GVA_NP + 0x10, 100, pattern=3, pasid=PV | PASID)
         req = r.next_page_request()
         expect = model.page_request(SID, GVA_NP, pasid=PASID, write=True, prgi=0, last=True)
-        assert expect.queued
+        assert expect.queued and expect.offset is not None
         assert req.to_bytes() == r.mem.read(PRQ_BASE + expect.offset, 32)  # what the model queues
         assert (req.rid, req.pasid, req.wr, req.rd, req.lpig, req.addr) == (SID, PASID, 1, 0, 1, GVA_NP)
         assert q.reg(STATUS) == BUSY  # waiting, QEMU not blocked

@@ -94,7 +94,9 @@ def test_qemu_dying_mid_run_is_a_clear_error_and_nothing_is_left(image: GuestIma
     before = qemu_pids()
     with pytest.raises(GuestError, match="exit|QEMU|SSH|transport"):
         with local_guest(image, tmp_path / "vm", use_cache_disk=False) as g:
-            os.kill(g.machine.pid or 0, signal.SIGKILL)
-            g.machine.proc.wait(10)  # type: ignore[union-attr]
+            proc = g.machine.proc
+            assert proc is not None
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
             g.machine.wait_for("never printed", idle_timeout=5, total_timeout=10)
     assert qemu_pids() == before

@@ -8,12 +8,12 @@ import pytest
 from support.lab_swap import lab_nested_here
 
 from harness.errors import ConfigError
-from harness.qemu.probe import probe_qemu
+from harness.qemu.probe import QemuInfo, probe_qemu
 from harness.qemu.profiles import Profile, VmSpec, build_argv, lab_nested, sid_of
 
 
 @pytest.fixture(scope="module")
-def qemu():  # type: ignore[no-untyped-def]
+def qemu() -> QemuInfo:
     return probe_qemu()
 
 
@@ -27,7 +27,7 @@ def spec(tmp_path: Path) -> VmSpec:
     )
 
 
-def test_probe_reads_version_and_first_stage_property(qemu) -> None:  # type: ignore[no-untyped-def]
+def test_probe_reads_version_and_first_stage_property(qemu: QemuInfo) -> None:
     assert qemu.version >= (10, 0, 0)
     assert "tcg" in qemu.accelerators
     # 10.0 spells them x-flts / x-scalable-mode; 11.1 fsts / scalable-mode: both map.
@@ -36,7 +36,7 @@ def test_probe_reads_version_and_first_stage_property(qemu) -> None:  # type: ig
     assert qemu.has_device("edu")
 
 
-def test_local_profile_puts_every_dma_device_behind_the_viommu(qemu, spec: VmSpec) -> None:  # type: ignore[no-untyped-def]
+def test_local_profile_puts_every_dma_device_behind_the_viommu(qemu: QemuInfo, spec: VmSpec) -> None:
     argv = build_argv(Profile.LOCAL_EMULATED, spec, qemu)
     joined = " ".join(argv)
     iommu = next(a for a in argv if a.startswith("intel-iommu"))
@@ -53,7 +53,7 @@ def test_local_profile_puts_every_dma_device_behind_the_viommu(qemu, spec: VmSpe
         assert "device-iotlb" not in iommu  # 10.0 refuses it together with x-pasid-mode
 
 
-def test_lab_profile_assigns_the_device_through_iommufd(qemu, spec: VmSpec) -> None:  # type: ignore[no-untyped-def]
+def test_lab_profile_assigns_the_device_through_iommufd(qemu: QemuInfo, spec: VmSpec) -> None:
     spec = VmSpec(**{**spec.__dict__, "hugepage_ram": True})
     argv = lab_nested(spec, qemu)
     assert f"mem-path={spec.ram_path},share=on,prealloc=on" in " ".join(argv)
@@ -65,7 +65,7 @@ def test_lab_profile_assigns_the_device_through_iommufd(qemu, spec: VmSpec) -> N
     assert "vfio-pci" not in " ".join(lab_nested(spec, qemu, with_vfio=False))
 
 
-def test_bad_inputs_are_named(qemu, spec: VmSpec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_inputs_are_named(qemu: QemuInfo, spec: VmSpec, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a PCI address|PCI address"):
         lab_nested(VmSpec(**{**spec.__dict__, "device": "6a:01.0", "hugepage_ram": True}), qemu)
     with pytest.raises(ConfigError, match="hugepage_ram=True"):
@@ -81,7 +81,7 @@ def test_source_ids_follow_pci_slots() -> None:
 
 
 @pytest.mark.slow
-def test_lab_command_line_is_accepted_by_this_qemu(qemu, spec: VmSpec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_lab_command_line_is_accepted_by_this_qemu(qemu: QemuInfo, spec: VmSpec, tmp_path: Path) -> None:
     """The lab-nested argv, minus what needs the lab (iommufd + vfio-pci, KVM, hugepages),
     started paused (-S): QEMU must accept every property and answer QMP."""
     from guest_image.build import ensure_image

@@ -111,7 +111,9 @@ def test_every_local_link_resolves_and_excerpts_show_the_named_lines(
 def test_page_is_self_contained_with_embedded_plots(make_bundle: BundleFactory) -> None:
     doc = workloads_doc()
     # Real svmval-sva results (fixtures/sva-results.json names the run) feed the device plot.
-    doc["results"] = [*doc["results"], *json.loads((FIXTURES / "sva-results.json").read_text())["results"]]  # type: ignore[misc]
+    results = doc["results"]
+    assert isinstance(results, list)
+    doc["results"] = [*results, *json.loads((FIXTURES / "sva-results.json").read_text())["results"]]
     html = render_html(load_run(make_bundle(workloads=doc)))
     page = index(html)
     assert page.scripts == 0

@@ -75,8 +75,9 @@ def test_a_run_that_could_not_complete_is_an_error_testcase(make_bundle: BundleF
     suite = root.find("testsuite")
     assert suite is not None and suite.get("errors") == "1"
     err = [c for c in suite.iter("testcase") if c.get("classname") == "svmval"]
-    assert len(err) == 1 and err[0].find("error") is not None
-    assert "no login prompt" in (err[0].find("error").get("message") or "")  # type: ignore[union-attr]
+    assert len(err) == 1
+    error = err[0].find("error")
+    assert error is not None and "no login prompt" in (error.get("message") or "")
 
 
 def test_control_characters_do_not_break_the_xml(make_bundle: BundleFactory) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.viommu import Fault, FaultOutcome, FaultReason, GuestMemory, Reg, VtdModel
+from harness.viommu.caches import ContextCacheEntry
 from harness.viommu.faults import RequestType
 from harness.viommu.registers import EventKind, Fsts, Gcmd, Gsts
 
@@ -165,7 +166,8 @@ def test_fsts_w1c_and_ro_bits(m: VtdModel) -> None:
 
 
 def test_ccmd_register_invalidation(m: VtdModel) -> None:
-    m.caches.context[0x18] = object()  # type: ignore[assignment]
+    m.caches.context[0x18] = ContextCacheEntry(0x18, did=None, entry=None, fault=FaultReason.CONTEXT_NOT_PRESENT,
+                                               fpd=False, scalable=False)  # a negative entry
     m.write_reg(Reg.CCMD, (1 << 63) | (3 << 61) | (0x18 << 16), 8)
     v = m.read_reg(Reg.CCMD, 8)
     assert v >> 63 == 0  # ICC cleared on completion

@@ -54,7 +54,7 @@ def test_ctypes_structures_match_the_c_header_field_for_field() -> None:
     parsed = parse_structs(HEADER.read_text())
     assert set(parsed) == set(STRUCTS)
     for cname, cls in STRUCTS.items():
-        ours = [(f, getattr(cls, f).offset, getattr(cls, f).size) for f, _t in cls._fields_]
+        ours = [(f, getattr(cls, f).offset, getattr(cls, f).size) for f, *_ in cls._fields_]
         assert ours == parsed[cname], cname
         last = parsed[cname][-1]
         assert ctypes.sizeof(cls) == (last[1] + last[2] + 7) // 8 * 8, cname
@@ -69,13 +69,18 @@ def test_constants_match_the_c_header() -> None:
         assert int(d[f"SVMVAL_SVA_OP_{op.name}"]) == op.value
     for err in svadev.DevError:
         assert int(d[f"SVMVAL_SVA_ERR_{err.name}"]) == err.value
-    bit = re.compile(r"\(1U << (\d+)\)")
+
+    def bit(name: str) -> int:
+        m = re.match(r"\(1U << (\d+)\)", d[name])
+        assert m is not None, (name, d[name])
+        return 1 << int(m[1])
+
     for flag in (svadev.OpFlag.PRIV, svadev.OpFlag.EXEC, svadev.OpFlag.NO_PASID):
-        assert 1 << int(bit.match(d[f"SVMVAL_SVA_OP_{flag.name}"])[1]) == flag  # type: ignore[index]
+        assert bit(f"SVMVAL_SVA_OP_{flag.name}") == flag
     for info in svadev.InfoFlag:
-        assert 1 << int(bit.match(d[f"SVMVAL_SVA_INFO_{info.name}"])[1]) == info  # type: ignore[index]
+        assert bit(f"SVMVAL_SVA_INFO_{info.name}") == info
     for st in svadev.Status:
-        assert 1 << int(bit.match(d[f"SVMVAL_SVA_STATUS_{st.name}"])[1]) == st  # type: ignore[index]
+        assert bit(f"SVMVAL_SVA_STATUS_{st.name}") == st
     assert d["SVMVAL_SVA_MAX_LEN"] == "(64ULL << 20)" and svadev.MAX_LEN == 64 << 20
     assert d["SVMVAL_IOC_MAGIC"] == "'S'"
 
@@ -87,7 +92,7 @@ def test_the_header_compiled_agrees_on_sizes_offsets_and_ioctl_numbers(tmp_path:
     lines = []
     for cname, cls in STRUCTS.items():
         lines.append(f'printf("{cname} %zu\\n", sizeof(struct {cname}));')
-        for field, _t in cls._fields_:
+        for field, *_ in cls._fields_:
             lines.append(f'printf("{cname}.{field} %zu\\n", offsetof(struct {cname}, {field}));')
     for ioc in ("INFO", "OP", "COUNTERS"):
         lines.append(f'printf("IOC_{ioc} %lu\\n", (unsigned long)SVMVAL_IOC_{ioc});')
@@ -100,7 +105,7 @@ def test_the_header_compiled_agrees_on_sizes_offsets_and_ioctl_numbers(tmp_path:
                                                        check=True).stdout.splitlines())
     for cname, cls in STRUCTS.items():
         assert int(got[cname]) == ctypes.sizeof(cls)
-        for field, _t in cls._fields_:
+        for field, *_ in cls._fields_:
             assert int(got[f"{cname}.{field}"]) == getattr(cls, field).offset, (cname, field)
     assert int(got["IOC_INFO"]) == svadev.IOC_INFO
     assert int(got["IOC_OP"]) == svadev.IOC_OP
