@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.errors import ConfigError
+from harness.qemu.profiles import SLOT_EDU, sid_of
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,12 @@ SEED_BUGS: dict[str, SeedBug] = {b.name: b for b in (
     SeedBug("stray-dma", "edu_dma's driver makes one DMA read of a page it never mapped for the device "
             "(a driver bug: the unit must block and record it)", "faults (an unexpected DMA fault)",
             guest_env=(("SVMVAL_SEED", "stray-dma"),), workloads=("edu_dma",)),
+    SeedBug("viommu-keeps-iotlb", "the vIOMMU keeps the edu device's IOTLB entries through every "
+            "invalidation (svmval's QEMU, patches/0004), so an IOVA unmapped and mapped to another page "
+            "still reads the old one", "qi-completeness (a hit after a covering invalidation) and "
+            "edu_dma_remap (it reads the old page)",
+            qemu_args=("-global", f"intel-iommu.x-seed-keep-iotlb-sid={sid_of(SLOT_EDU):#x}"),
+            workloads=("edu_dma_remap",)),
     SeedBug("device-ignores-invalidation", "the svmval-sva device keeps its ATC entries when the guest "
             "invalidates them (device-IOTLB), so it reads and writes pages the process no longer maps",
             "sva_munmap_remap (it sees the old page's data)",

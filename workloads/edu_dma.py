@@ -152,8 +152,10 @@ class EduVfio:
         fcntl.ioctl(self.fd, VFIO_DEVICE_GET_REGION_INFO, info)
         return parse_region_info(bytes(info))[1]
 
-    def map(self, vaddr: int, size: int, writable: bool = True) -> None:
-        fcntl.ioctl(self.container, VFIO_IOMMU_MAP_DMA, dma_map_struct(vaddr, vaddr, size, writable))
+    def map(self, vaddr: int, size: int, writable: bool = True, iova: int | None = None) -> None:
+        """Map `size` bytes at `vaddr` for the device, at IOVA `iova` (default: == vaddr)."""
+        at = vaddr if iova is None else iova
+        fcntl.ioctl(self.container, VFIO_IOMMU_MAP_DMA, dma_map_struct(vaddr, at, size, writable))
 
     def unmap(self, iova: int, size: int) -> None:
         fcntl.ioctl(self.container, VFIO_IOMMU_UNMAP_DMA, bytearray(dma_unmap_struct(iova, size)))
@@ -301,6 +303,43 @@ def edu_dma_fault(env: Env | None, res: Result) -> None:
         _await_kernel_reports([secret, target, ro])
     finally:
         for base in (dst, ro):
+            try:
+                edu.unmap(base, PAGE)
+            except OSError:
+                pass
+        edu.close()
+
+
+@workload("edu_dma_remap", "vIOMMU invalidation on unmap (edu via VFIO): a remapped IOVA reads its new page")
+def edu_dma_remap(env: Env | None, res: Result) -> None:
+    """An IOVA the device has used, unmapped and mapped to another page, must read the new
+    page: the guest's unmap invalidated the old translation and the unit dropped it."""
+    edu = _open_edu()
+    old_map, new_map, dst_map = (mmap.mmap(-1, PAGE) for _ in range(3))
+    old_map[:] = b"\xa1" * PAGE
+    new_map[:] = b"\xb2" * PAGE
+    iova, dst = _addr(old_map), _addr(dst_map)
+    res.extra["sid"] = edu.dev.sid
+    mapped = []
+    try:
+        edu.map(dst, PAGE)
+        mapped.append(dst)
+        for label, page in (("before", old_map), ("after", new_map)):
+            edu.map(_addr(page), PAGE, iova=iova)
+            mapped.append(iova)
+            check(edu.dma(iova, EDU_BUF, PAGE, to_ram=False), f"DMA read {label} the remap never finished")
+            dst_map[:] = b"\0" * PAGE
+            check(edu.dma(EDU_BUF, dst, PAGE, to_ram=True), f"DMA write {label} the remap never finished")
+            got = bytes(dst_map[:])
+            check(got != bytes(old_map[:]) or page is old_map,
+                  "after the remap the device read the page the IOVA was unmapped from: "
+                  "its translation was not invalidated")
+            check(got == bytes(page[:]), f"{label} the remap the device read neither page")
+            edu.unmap(iova, PAGE)  # the guest invalidates the IOVA's translation here
+            mapped.remove(iova)
+        res.pages_total = 2
+    finally:
+        for base in mapped:
             try:
                 edu.unmap(base, PAGE)
             except OSError:

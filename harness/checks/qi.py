@@ -371,7 +371,8 @@ class QiReplay:
                            "cannot be compared with the guest's tables in RAM: was tracing on from boot?")
         if memory is not None and self.root is not None:
             self._judge_cached(memory)
-        stale = self.counts["stale_cached"] + self.counts["stale_refills"] + self.counts["stale_uses"]
+        stale = (self.counts["stale_cached"] + self.counts["stale_refills"] + self.counts["stale_uses"]
+                 + self.counts["stale_uses_after_invalidation"])
         bad = len(self.findings)
         mode = self.mode()
         if missing:

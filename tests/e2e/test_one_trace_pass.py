@@ -4,6 +4,7 @@ once and caught up at each judgement (held and final), on a real local run."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import IO, BinaryIO
 
 import pytest
 
@@ -22,10 +23,18 @@ def test_every_check_is_fed_from_one_open_of_the_trace(host: HostSpec, tmp_path:
         pytest.skip("counts opens of the local lab's trace file")
     opened: list[str] = []
     real_open_trace, real_open_text = LocalSession.open_trace, harness.trace.parser._open_text
-    monkeypatch.setattr(LocalSession, "open_trace", lambda self: (opened.append("run"), real_open_trace(self))[1])
-    monkeypatch.setattr(harness.trace.parser, "_open_text",
-                        lambda path: (opened.append(f"reader:{path.name}"), real_open_text(path))[1])
-    outcome = run(host, tmp_path, workloads=["edu_dma", "sva_first_touch"])
+
+    def open_trace(self: LocalSession) -> BinaryIO:
+        opened.append("run")
+        return real_open_trace(self)
+
+    def open_text(path: Path) -> IO[str]:
+        opened.append(f"reader:{path.name}")
+        return real_open_text(path)
+
+    monkeypatch.setattr(LocalSession, "open_trace", open_trace)
+    monkeypatch.setattr(harness.trace.parser, "_open_text", open_text)
+    outcome = run(host, tmp_path, workloads=["edu_dma", "edu_dma_fault", "sva_first_touch"])
     assert outcome.bundle.manifest.verdict is Verdict.PASS, outcome.bundle.manifest.error
     judged = {(c.name, c.workload) for c in outcome.checks}
     assert {("translation", "edu_dma"), ("qi-completeness", "edu_dma (held)"), ("qi-completeness", None),

@@ -4,11 +4,12 @@ guest and require the run to catch it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.inventory import HostSpec
-from harness.run import run
+from harness.run import RunOutcome, run
 from harness.seeds import seed_bug
 from reports.bundle import Verdict
 
@@ -36,7 +37,11 @@ def test_pte_changed_without_invalidation_is_reported_stale(host: HostSpec, tmp_
     assert links and all(f'id="{link}"' in html for link in links)
 
 
-def _seeded(host: HostSpec, tmp_path: Path, name: str):  # type: ignore[no-untyped-def]
+def _results(outcome: RunOutcome) -> list[dict[str, Any]]:
+    return list((outcome.workloads or {}).get("results", []))
+
+
+def _seeded(host: HostSpec, tmp_path: Path, name: str) -> RunOutcome:
     if not host.is_local:
         pytest.skip("the svmval-sva device's seeded modes are the local lab's")
     bug = seed_bug(name)
@@ -45,7 +50,7 @@ def _seeded(host: HostSpec, tmp_path: Path, name: str):  # type: ignore[no-untyp
 
 def test_a_device_that_ignores_invalidations_fails_the_remap_workload(host: HostSpec, tmp_path: Path) -> None:
     outcome = _seeded(host, tmp_path, "device-ignores-invalidation")
-    (remap,) = [r for r in outcome.workloads["results"] if r["name"] == "sva_munmap_remap"]  # type: ignore[index]
+    (remap,) = [r for r in _results(outcome) if r["name"] == "sva_munmap_remap"]
     assert remap["verdict"] == "fail", remap  # the device used the unmapped page's stale translation
     assert outcome.bundle.manifest.verdict is Verdict.FAIL
     assert outcome.bundle.manifest.host["seeded_bug"]["name"] == "device-ignores-invalidation"
@@ -70,7 +75,7 @@ def test_a_pte_changed_used_then_invalidated_later_is_a_stale_use(host: HostSpec
     assert final.verdict is Verdict.FAIL
     assert "judged across time" in final.summary
     stale = [f for f in final.findings if f.message.startswith("STALE USE (the guest missed an invalidation)")]
-    (edu,) = [r for r in outcome.workloads["results"] if r["name"] == "edu_dma"]  # type: ignore[index]
+    (edu,) = [r for r in _results(outcome) if r["name"] == "edu_dma"]
     seeded = {int(p["gva"]) for p in edu["pages"] if p["access"] == "read"}
     caught = {int(f.message.split(" iova ")[1].split(":")[0], 16) for f in stale}
     print(f"stale-use: {len(caught & seeded)} of {len(seeded)} seeded stale uses caught")
@@ -95,3 +100,14 @@ def test_a_stray_dma_is_an_unexpected_fault(host: HostSpec, tmp_path: Path) -> N
     assert faults.verdict is Verdict.FAIL
     (f,) = faults.findings  # one page, however many accesses QEMU recorded
     assert f.message.startswith("unexpected DMA fault: sid ") and "read of page" in f.message and f.trace_lines
+
+
+def test_a_viommu_that_keeps_invalidated_entries_fails_the_qi_check(host: HostSpec, tmp_path: Path) -> None:
+    outcome = _seeded(host, tmp_path, "viommu-keeps-iotlb")
+    (remap,) = [r for r in _results(outcome) if r["name"] == "edu_dma_remap"]
+    assert remap["verdict"] == "fail" and "was not invalidated" in remap["reason"], remap
+    (qi,) = [c for c in outcome.checks if c.name == "qi-completeness" and c.workload is None]
+    assert qi.verdict is Verdict.FAIL
+    kept = [f for f in qi.findings if "after an invalidation that covers it" in f.message]
+    assert kept and all(f.message.startswith("sid 0x30 ") for f in kept), qi.findings[:3]
+    assert qi.counts["stale_uses_after_invalidation"] >= 1  # and its source had changed: the new page

@@ -27,7 +27,7 @@ from reports.bundle import Bundle, Traffic, Verdict
 
 pytestmark = pytest.mark.slow
 MakeLab = Callable[[str], Lab]
-WORKLOADS = ["edu_dma", "svm_fine_buffer"]
+WORKLOADS = ["edu_dma", "edu_dma_fault", "svm_fine_buffer"]
 
 
 def _no_qemu_of(run_id: str) -> bool:

@@ -151,11 +151,12 @@ def unpacked(fetched: source.FetchedSource, tmp_path_factory: pytest.TempPathFac
 
 def test_the_patch_series_applies_cleanly(unpacked: Path, tmp_path: Path) -> None:
     patches = tree.patch_files()
-    assert [p.name[:4] for p in patches] == ["0001", "0002", "0003"]
-    for p in patches:  # each says why; what upstream behaviour it mirrors, or that it only observes
+    assert [p.name[:4] for p in patches] == ["0001", "0002", "0003", "0004"]
+    for p in patches:  # each says why, and what upstream behaviour it mirrors or that it changes none
         header = p.read_text().split("\n--- a/")[0]
         assert "Why:" in header, p.name
-        assert ("Mirrors:" in header and "11.1" in header and "svm=on" in header) or "Observability only" in header
+        assert (("Mirrors:" in header and "11.1" in header and "svm=on" in header)
+                or "Observability only" in header or "test-only, off by default" in header), p.name
     tree.apply_patches(unpacked, tree.read_all(patches), tmp_path / "patch.log")
     log = (tmp_path / "patch.log").read_text()
     assert "FAILED" not in log and "fuzz" not in log.lower() and "offset" not in log.lower(), log
