@@ -475,7 +475,8 @@ def _final_checks(g: GuestSession, judge: TraceJudge, results: dict[str, Any]) -
     memory = g.machine.guest_memory()
     t0 = time.monotonic()
     expected = [
-        ExpectedFault(f"{r['name']} ({f['case']})", int(r["sid"]), int(f["iova"]), bool(f["write"]))
+        ExpectedFault(f"{r['name']} ({f['case']})", int(r["sid"]), int(f["iova"]), bool(f["write"]),
+                      remapped_after=bool(f.get("remapped_after", False)))
         for r in results["results"] if r["verdict"] == "pass"
         for f in r.get("faults", [])
     ]

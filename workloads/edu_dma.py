@@ -298,7 +298,9 @@ def edu_dma_fault(env: Env | None, res: Result) -> None:
             time.sleep(1)  # one fault at a time in the unit's fault recording registers
             check(edu.dma(EDU_BUF, addr, PAGE, to_ram=True), f"{case}: faulting DMA never finished")
             check(bytes(page[:]) == before, f"{case}: the device changed a page it may not write")
-            faults.append({"case": case, "iova": addr, "write": True})
+            # The read-only page is unmapped when the workload ends: the host must not take
+            # its reason from the tables as they are then.
+            faults.append({"case": case, "iova": addr, "write": True, "remapped_after": page is ro_map})
         res.extra["faults"] = faults
         _await_kernel_reports([secret, target, ro])
     finally:

@@ -13,7 +13,7 @@ from harness.checks.walks import change_kind, fill_mismatch, model_walk
 from harness.results import Verdict
 from harness.trace.events import DmarFault, FsWalkEntry, IotlbPageUpdate, TraceEvent
 from harness.trace.parser import iter_events
-from harness.viommu import FaultReason
+from harness.viommu import FaultReason, GuestMemory
 
 TRACES = Path(__file__).resolve().parents[1] / "fixtures" / "traces"
 FORMATS = TRACES / "qemu10.2.2-svmval0003-vtd-trace-events"
@@ -110,3 +110,16 @@ def test_a_provoked_fault_is_judged_on_the_walk_qemu_made_at_the_fault() -> None
     r = check_faults(evs, [ExpectedFault("edu_dma_fault", 0x30, fault.addr, True)],
                      None, None, console, walks=replay.fault_walks)
     assert r.verdict is Verdict.FAIL and "recorded a DMA read, the device made a write" in r.findings[0].message
+
+
+def test_without_a_walk_a_fault_on_a_page_remapped_afterwards_is_not_judged_on_the_final_tables() -> None:
+    """A stock QEMU traces no walk: the tables at the end of the run are the only ones
+    left, and for a page the workload unmapped after its fault they say something else."""
+    evs = [e for e in iter_events(FAULT, strict=True, trace_events=FORMATS) if e.name == "vtd_dmar_fault"]
+    fault = evs[-1]
+    console = (f"DMAR: [DMA Read NO_PASID] Request device [00:06.0] fault addr {fault.addr:#x} "  # type: ignore[attr-defined]
+               "[fault reason 0x71] First-stage entry P clear")
+    expected = [ExpectedFault("edu_dma_fault", 0x30, fault.addr, False, remapped_after=True)]  # type: ignore[attr-defined]
+    r = check_faults(evs, expected, GuestMemory(4096), 0, console)
+    assert r.verdict is Verdict.PASS and r.counts["reason_not_judged"] == 1
+    assert "1 reasons not judged" in r.summary

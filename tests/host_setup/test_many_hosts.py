@@ -37,6 +37,7 @@ def test_two_hosts_on_two_workers_with_locks_honoured(make_lab: MakeLab, tmp_pat
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/lab", "--host", "lab-a", "--host", "lab-b", "-n", "2",
          "--inventory", str(inv), "--artifacts", str(tmp_path / "artifacts"), "--workload", "edu_dma",
+         "--workload", "edu_dma_fault",
          f"--junitxml={junit}", "-p", "no:cacheprovider", "-v"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200, env={**os.environ, "COLUMNS": "200"},
     )
