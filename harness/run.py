@@ -38,7 +38,7 @@ from harness.checks.faults import ExpectedFault, check_faults
 from harness.checks.prq import check_prq_modelled
 from harness.checks.prq_real import PRQ_EVENTS, DeviceCounts, check_prq_real
 from harness.checks.qi import QiReplay
-from harness.checks.seed import SeededPte, first_stage_leaf, restore_pte, retarget_pte
+from harness.checks.seed import SeededPte, restore_pte, retarget_elsewhere, revoke_write
 from harness.checks.translation import check_translation, device_translations
 from harness.errors import ConfigError, EnvironmentBroken, GuestError, SvmvalError
 from harness.gitinfo import git_revision
@@ -56,7 +56,6 @@ from harness.trace.events import PrqDesc
 from harness.trace.follow import EventLog, TraceFollower
 from harness.trace.formats import declarations_of
 from harness.trace.parser import TraceParseError
-from harness.viommu.first_stage import FS_RW
 from reports.bundle import Bundle, Manifest
 from workloads.protocol import HOLD_ENV, HoldPoint, parse_result_line
 from workloads.protocol import SCHEMA as WORKLOADS_SCHEMA
@@ -390,10 +389,8 @@ def _seed_wrong_translation(g: GuestSession, judge: TraceJudge, held: dict[str, 
     root = judge.replay.root
     if root is None or not held["pages"]:
         raise GuestError("--seed-bug wrong-translation: no root-table pointer or no held page to retarget")
-    memory = g.machine.guest_memory(writable=True)
-    page = int(held["pages"][0]["gva"])
-    _at, old = first_stage_leaf(memory, root, int(held["sid"]), page)
-    return retarget_pte(memory, root, int(held["sid"]), page, (old & ~0xFFF) ^ 0x200000)
+    return retarget_elsewhere(g.machine.guest_memory(writable=True), root, int(held["sid"]),
+                              int(held["pages"][0]["gva"]))
 
 
 def _seed_stale_use(g: GuestSession, judge: TraceJudge, held: dict[str, Any]) -> None:
@@ -407,10 +404,8 @@ def _seed_stale_use(g: GuestSession, judge: TraceJudge, held: dict[str, Any]) ->
     if root is None:
         raise GuestError("--seed-bug stale-use: the trace has no root-table pointer to find the PTEs by")
     memory = g.machine.guest_memory(writable=True)
-    sid = int(held["sid"])
     for gva in held.get("read_again", []):
-        at, old = first_stage_leaf(memory, root, sid, int(gva))
-        memory.write_u64(at, old & ~FS_RW)
+        revoke_write(memory, root, int(held["sid"]), int(gva))
 
 
 @dataclass
@@ -460,9 +455,7 @@ def _held_qi_check(g: GuestSession, judge: TraceJudge, held: dict[str, Any], see
     seeded = None
     memory = g.machine.guest_memory(writable=seed_stale_pte)
     if seed_stale_pte and replay.root is not None and held["pages"]:
-        page = int(held["pages"][0]["gva"])
-        _at, old = first_stage_leaf(memory, replay.root, int(held["sid"]), page)
-        seeded = retarget_pte(memory, replay.root, int(held["sid"]), page, (old & ~0xFFF) ^ 0x200000)
+        seeded = retarget_elsewhere(memory, replay.root, int(held["sid"]), int(held["pages"][0]["gva"]))
     try:
         result = replay.finish(memory, started=t0)
     finally:

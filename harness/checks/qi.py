@@ -136,9 +136,8 @@ class QiReplay:
                 self._hit_source(ev)
                 continue
             if isinstance(ev, DmarFault):
-                if self._walk and self._walk[-1].iova == ev.addr:
-                    self.fault_walks[ev.line] = tuple(self._walk)
-                    self._walk.clear()
+                if walk := self._take_walk(ev.addr):
+                    self.fault_walks[ev.line] = walk
                 continue
             if isinstance(ev, IotlbPageHit) and ev.sid in self.pasid_sids:
                 self.counts["pasid_device_events"] += 1
@@ -147,11 +146,7 @@ class QiReplay:
                 continue
             if isinstance(ev, IotlbPageUpdate):
                 self._flush_pending()
-                walk: tuple[FsWalkEntry, ...] = ()
-                if self._walk and self._walk[-1].iova == ev.iova:
-                    walk = tuple(self._walk)
-                    self._walk.clear()
-                self._pending = _Fill(ev.line, ev.sid, ev.domain, ev.iova, ev.slpte, walk=walk,
+                self._pending = _Fill(ev.line, ev.sid, ev.domain, ev.iova, ev.slpte, walk=self._take_walk(ev.iova),
                                       replayed=ev.sid not in self.pasid_sids)
             elif isinstance(ev, DmarTranslate):
                 p = self._pending
@@ -188,6 +183,14 @@ class QiReplay:
                 self._pending = pending
                 self.counts["qemu_iotlb_resets"] += 1
         self._flush_pending()
+
+    def _take_walk(self, iova: int) -> tuple[FsWalkEntry, ...]:
+        """The walk in progress, if it was for `iova` (the fill or fault that ends it)."""
+        if not self._walk or self._walk[-1].iova != iova:
+            return ()
+        walk = tuple(self._walk)
+        self._walk.clear()
+        return walk
 
     def _end_walk(self) -> None:
         """A walk that ended in neither a fill nor a DMA fault (e.g. a translation QEMU
@@ -303,9 +306,15 @@ class QiReplay:
         self.counts[f"desc_{type(d).__name__}"] += 1
         # Only these two remove IOTLB entries (apply_invalidation): the others need no
         # before/after comparison of what is cached (half of all descriptors are waits).
-        drops = isinstance(d, dsc.IotlbInv | dsc.PasidIotlbInv)
-        before = set(self._live_keys()) if drops else set()
-        apply_invalidation(self.caches, d, psi=self.psi)
+        if isinstance(d, dsc.IotlbInv | dsc.PasidIotlbInv):
+            before = set(self._live_keys())
+            apply_invalidation(self.caches, d, psi=self.psi)
+            for key in before - set(self._live_keys()):
+                self._entries.pop(key, None)
+                self._dropped_at[key] = ev.line
+                self.counts["entries_invalidated"] += 1
+        else:
+            apply_invalidation(self.caches, d, psi=self.psi)
         if isinstance(d, dsc.WaitDesc):
             if d.sw or d.if_:
                 self._waits.append((ev.line, d))
@@ -318,10 +327,6 @@ class QiReplay:
                     Finding("invalidation wait with neither SW nor IF: nothing can observe it",
                             trace_lines=(ev.line,))
                 )
-        for key in (before - set(self._live_keys())) if drops else ():
-            self._entries.pop(key, None)
-            self._dropped_at[key] = ev.line
-            self.counts["entries_invalidated"] += 1
 
     def _live_keys(self) -> Iterable[tuple[int, int]]:
         for key in self._entries:

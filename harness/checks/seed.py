@@ -7,15 +7,17 @@ issued) so the tests can show QI completeness catches it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from harness.viommu import GuestMemory, Pgtt, VtdConfig
 from harness.viommu.faults import WalkFault
-from harness.viommu.first_stage import FsParams, fs_walk
+from harness.viommu.first_stage import FS_RW, FsParams, fs_walk
 from harness.viommu.pasid import pasid_entry_lookup
 from harness.viommu.root_context import scalable_context_lookup
 
 _ADDR = ((1 << 52) - 1) & ~0xFFF
+_ELSEWHERE = 0x200000  # an address bit: the page 2 MiB away
 
 
 @dataclass(frozen=True)
@@ -49,12 +51,27 @@ def first_stage_leaf(memory: GuestMemory, root: int, sid: int, addr: int) -> tup
     return r.leaf_addr, r.leaf_pte
 
 
-def retarget_pte(memory: GuestMemory, root: int, sid: int, addr: int, new_page: int) -> SeededPte:
-    """Point the page at `addr` to `new_page` in guest RAM; no invalidation is issued."""
+def rewrite_pte(memory: GuestMemory, root: int, sid: int, addr: int, change: Callable[[int], int]) -> SeededPte:
+    """Replace the leaf PTE of `addr` by `change(old)` in guest RAM; no invalidation is issued."""
     at, old = first_stage_leaf(memory, root, sid, addr)
-    new = (old & ~_ADDR) | (new_page & _ADDR)
+    new = change(old)
     memory.write_u64(at, new)
     return SeededPte(at, old, new)
+
+
+def retarget_pte(memory: GuestMemory, root: int, sid: int, addr: int, new_page: int) -> SeededPte:
+    """Point the page at `addr` to `new_page` in guest RAM; no invalidation is issued."""
+    return rewrite_pte(memory, root, sid, addr, lambda old: (old & ~_ADDR) | (new_page & _ADDR))
+
+
+def retarget_elsewhere(memory: GuestMemory, root: int, sid: int, addr: int) -> SeededPte:
+    """Point the page at `addr` to the page 2 MiB from where it maps; no invalidation."""
+    return rewrite_pte(memory, root, sid, addr, lambda old: old ^ _ELSEWHERE)
+
+
+def revoke_write(memory: GuestMemory, root: int, sid: int, addr: int) -> SeededPte:
+    """Take write permission away from the page at `addr`; no invalidation."""
+    return rewrite_pte(memory, root, sid, addr, lambda old: old & ~FS_RW)
 
 
 def restore_pte(memory: GuestMemory, seeded: SeededPte) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 from harness.results import CheckResult, Finding, Traffic, Verdict
 from harness.session import HostView
 from harness.trace.events import DmarTranslate, TraceEvent
-from harness.viommu import GuestMemory, VtdModel
+from harness.viommu import FaultReason, GuestMemory, VtdModel
 
 PAGE = 4096
 
@@ -69,7 +69,7 @@ def check_translation(
         if access in ("read", "write"):
             counts["permissions_checked"] += 1
         if not walk.ok or walk.address is None:
-            denied = walk.fault is not None and walk.fault.name in ("SM_WRITE_DENIED", "SM_USER_DENIED")
+            denied = walk.fault in (FaultReason.SM_WRITE_DENIED, FaultReason.SM_USER_DENIED)
             problems.append(f"the device made a {access} of it, which the guest's IOMMU tables deny "
                             f"(model: {walk.fault!r})" if denied
                             else f"the guest's IOMMU tables do not map it (model: {walk.fault!r})")

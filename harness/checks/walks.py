@@ -50,11 +50,10 @@ class _WalkedEntries(GuestMemory):
 class ModelWalk:
     """The model's answer for one of QEMU's walks: a page, or a fault."""
 
-    out_page: int | None = None
     page_size: int = 0
     leaf: int = 0
     fault: FaultReason | None = None
-    where: str = ""  # for a fault: the level and what the model read there
+    where: str = ""  # for a fault: the level
 
 
 @functools.lru_cache(maxsize=4096)
@@ -76,7 +75,7 @@ def model_walk(walk: Sequence[FsWalkEntry], *, write: bool = False, haw: int = 4
         r = fs_walk(_WalkedEntries(walk), params, top.iova, write=write, update_ad=False)
     except WalkFault as exc:
         return ModelWalk(fault=exc.reason, where=f"level {exc.level}")
-    return ModelWalk(out_page=r.address & ~(r.page_size - 1), page_size=r.page_size, leaf=r.leaf_pte)
+    return ModelWalk(page_size=r.page_size, leaf=r.leaf_pte)
 
 
 def fill_mismatch(walk: Sequence[FsWalkEntry], pte: int, size: int | None, *, haw: int = 48) -> str | None:
