@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +36,13 @@ _IOMMU_NAMES: dict[str, tuple[str, ...]] = {
     "dma_drain": ("dma-drain",),
     "fs1gp": ("fs1gp",),
     "stale_tm": ("stale-tm",),
+    "pt": ("pt",),
 }
+
+# What intel-iommu is asked for, by canonical key: True/False for on/off, an int for a
+# value (aw_bits=48). pasid=True is 10.x's x-pasid-mode=on and 11.1's pasid-bits=20.
+IommuSettings = Mapping[str, bool | int]
+PASID_BITS = 20  # what pasid=True asks of a QEMU that takes a width (11.1: pasid-bits)
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,25 @@ class QemuInfo:
             if name in self.iommu_properties:
                 return name
         return None
+
+    def iommu_args(self, settings: IommuSettings) -> str:
+        """intel-iommu's `name=value,...` for `settings`, in this binary's property names
+        (the one place that spells them). A setting the binary has no property for is an
+        error naming it and the QEMU."""
+        out = []
+        for key, value in settings.items():
+            name = self.iommu_property(key)
+            if name is None:
+                raise QemuProbeError(f"{self.binary} ({self.version_text}) has no intel-iommu property for "
+                                     f"{key}; QEMU >= 10.0 is needed (make bootstrap installs it)")
+            if name == "pasid-bits" and isinstance(value, bool):
+                text = str(PASID_BITS if value else 0)
+            elif isinstance(value, bool):
+                text = "on" if value else "off"
+            else:
+                text = str(value)
+            out.append(f"{name}={text}")
+        return ",".join(out)
 
     def has_device(self, name: str) -> bool:
         return name in self.devices

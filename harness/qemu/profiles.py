@@ -23,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from harness.errors import ConfigError
-from harness.qemu.probe import QemuInfo
+from harness.qemu.probe import QemuInfo, QemuProbeError
 
 _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 
@@ -143,29 +143,18 @@ def _check_files(spec: VmSpec, *paths: Path) -> None:
 
 
 def _iommu_device(info: QemuInfo, *, nested: bool) -> str:
-    props = ["intel-iommu", "intremap=on", "caching-mode=on"]
-
-    def want(key: str, value: str) -> None:
-        name = info.iommu_property(key)
-        if name is None:
-            raise ConfigError(
-                f"{info.binary} ({info.version_text}) has no intel-iommu property for {key}; "
-                f"QEMU >= 10.0 is needed (make bootstrap installs it)"
-            )
-        props.append(f"{name}={value}")
-
-    want("scalable_mode", "on")
-    want("flts", "on")
-    pasid = info.iommu_property("pasid")
-    if pasid == "pasid-bits":
-        props.append("pasid-bits=20")
-    elif pasid is not None:
-        props.append(f"{pasid}=on")
+    settings: dict[str, bool | int] = {"intremap": True, "caching_mode": True, "scalable_mode": True,
+                                       "flts": True}
+    if info.iommu_property("pasid") is not None:
+        settings["pasid"] = True
     if info.iommu_property("svm") and not nested:
         # 11.1: svm=on needs device-iotlb=on; it makes the guest driver SVM-capable.
-        props += ["svm=on", "device-iotlb=on"]
+        settings |= {"svm": True, "device_iotlb": True}
     # 10.0 refuses x-pasid-mode together with device-iotlb: leave it off there.
-    return ",".join(props)
+    try:
+        return "intel-iommu," + info.iommu_args(settings)
+    except QemuProbeError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _common(spec: VmSpec, info: QemuInfo) -> list[str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from harness.errors import EnvironmentBroken
+from harness.qemu.probe import IommuSettings, probe_qemu
 
 VTD_BASE = 0xFED9_0000
 EDU_BAR = 0xE000_0000
@@ -35,10 +36,12 @@ class QtestError(EnvironmentBroken):
 
 
 class QtestMachine:
-    def __init__(self, iommu_props: str, *, memory_mib: int = 512, qemu: str = "qemu-system-x86_64",
+    def __init__(self, iommu: IommuSettings, *, memory_mib: int = 512, qemu: str = "qemu-system-x86_64",
                  testdev: bool = False, extra_args: tuple[str, ...] = ()):
-        """`testdev` adds QEMU 11's iommu-testdev (PCI 1b36:0005) beside edu; `extra_args`
-        go at the end of the command line (e.g. `-trace`)."""
+        """`iommu`: intel-iommu's settings by canonical key, spelled as `qemu` spells them
+        (harness/qemu/probe.py). `testdev` adds QEMU 11's iommu-testdev (PCI 1b36:0005)
+        beside edu; `extra_args` go at the end of the command line (e.g. `-trace`)."""
+        iommu_props = probe_qemu(qemu).iommu_args(iommu)
         self.tmp = Path(tempfile.mkdtemp(prefix="svmval-qtest-"))
         bios = self.tmp / "halt.bin"
         image = bytearray(64 * 1024)

@@ -12,6 +12,13 @@ from harness.qemu.qtest import EDU_BUF, QtestMachine
 from harness.viommu import FaultReason, FsTables, GuestMemory, PasidEntry, Pgtt, TableBuilder, VtdModel
 
 RAM = 512 << 20
+
+# intel-iommu settings by canonical key: harness/qemu/probe.py spells them as the QEMU
+# under test does (10.x x-scalable-mode/x-flts, 11.1 scalable-mode/fsts).
+CM: dict[str, bool | int] = {"caching_mode": True}
+LEGACY: dict[str, bool | int] = {**CM, "pt": True}
+FLTS: dict[str, bool | int] = {**CM, "scalable_mode": True, "flts": True}
+SMSS: dict[str, bool | int] = {**CM, "scalable_mode": True}
 FSTS, FRCD = 0x34, 0x220  # QEMU: FRO = 0x22, one fault recording register
 PATTERN = os.urandom(4096)
 SRC_HPA, DST_HPA = 0x0100_0000, 0x0200_0000

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.qemu  # each test drives a QEMU process over qtest (no 
 
 
 def test_legacy_second_stage_agrees_with_qemu() -> None:
-    with QtestMachine("caching-mode=on") as q:
+    with QtestMachine(rig.CM) as q:
         sid = q.edu_sid
         mem = GuestMemory(rig.RAM)
         b = TableBuilder(mem, scalable=False)
@@ -32,7 +32,7 @@ def test_legacy_second_stage_agrees_with_qemu() -> None:
 
 
 def test_scalable_first_stage_agrees_with_qemu() -> None:
-    with QtestMachine("caching-mode=on,x-scalable-mode=on,x-flts=on") as q:
+    with QtestMachine(rig.FLTS) as q:
         sid = q.edu_sid
         mem, b, fs = rig.first_stage_rig(sid)
         leaf_src = fs.map(rig.IOVA_SRC, rig.SRC_HPA)
@@ -52,7 +52,7 @@ def test_scalable_first_stage_agrees_with_qemu() -> None:
 def test_missing_invalidation_is_stale_in_both_until_the_covering_one() -> None:
     from harness.viommu.invalidation import piotlb_desc, wait_desc
 
-    with QtestMachine("caching-mode=on,x-scalable-mode=on,x-flts=on") as q:
+    with QtestMachine(rig.FLTS) as q:
         sid = q.edu_sid
         mem, b, fs = rig.first_stage_rig(sid)
         fs.map(rig.IOVA_SRC, rig.SRC_HPA)
@@ -91,7 +91,7 @@ def test_divergence_sm_fault_recorded_with_pp_for_requests_without_pasid() -> No
     from harness.viommu.divergences import BY_ID
 
     assert "sm-fault-pp-rid-pasid" in BY_ID
-    with QtestMachine("caching-mode=on,x-scalable-mode=on,x-flts=on") as q:
+    with QtestMachine(rig.FLTS) as q:
         sid = q.edu_sid
         mem, b, fs = rig.first_stage_rig(sid)
         fs.map(rig.IOVA_SRC, rig.SRC_HPA)
@@ -110,7 +110,7 @@ def test_divergence_iqercd_reads_zero_after_an_invalid_descriptor() -> None:
 
     assert "iqercd-zero" in BY_ID
     bad = (0x6 | 0 << 4, 0, 0, 0)  # PASID-based IOTLB with reserved granularity G=00
-    with QtestMachine("caching-mode=on,x-scalable-mode=on,x-flts=on") as q:
+    with QtestMachine(rig.FLTS) as q:
         mem = GuestMemory(rig.RAM)
         model = VtdModel(mem)
         for unit in (q.reg_write, model.write_reg):

@@ -26,6 +26,7 @@ import rig
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.qemu.probe import IommuSettings
 from harness.qemu.qtest import EDU_BUF, QtestError, QtestMachine
 from harness.viommu import PasidDirEntry, PasidEntry, Pgtt, VtdModel, config_from_caps
 from harness.viommu.descriptors import desc_type_of
@@ -44,7 +45,7 @@ from harness.viommu.invalidation import (
 
 pytestmark = pytest.mark.qemu  # each test drives a QEMU process over qtest (no guest)
 
-PROPS = "caching-mode=on,x-scalable-mode=on,x-flts=on,device-iotlb=on"
+PROPS = {**rig.FLTS, "device_iotlb": True}
 IQH, IQT, IQA, ICS, GCMD, FSTS = 0x80, 0x88, 0x90, 0x9C, 0x18, rig.FSTS
 IQE, ICE, ITE = 0x10, 0x20, 0x40
 TE, QIE = 1 << 31, 1 << 26
@@ -197,7 +198,7 @@ class Unit:
         self.dma_lands()
 
 
-def _machine(props: str = PROPS) -> QtestMachine:
+def _machine(props: IommuSettings = PROPS) -> QtestMachine:
     return QtestMachine(props)
 
 

@@ -15,17 +15,10 @@ from harness.viommu import FaultReason, VtdModel
 pytestmark = [pytest.mark.slow, pytest.mark.qemu]  # fetches sid's QEMU when it is not cached yet
 
 
-def _props(binary: str) -> str:
-    info = probe_qemu(binary)
-    names = {key: info.iommu_property(key) for key in ("scalable_mode", "flts")}
-    assert all(names.values()), names
-    return f"caching-mode=on,{names['scalable_mode']}=on,{names['flts']}=on"
-
-
 def test_iommu_testdev_dma_agrees_with_the_model_on_qemu_11() -> None:
     binary = str(ensure_sid_qemu())
     assert probe_qemu(binary).version >= (11, 0, 0)
-    with QtestMachine(_props(binary), qemu=binary, testdev=True) as q:
+    with QtestMachine(rig.FLTS, qemu=binary, testdev=True) as q:
         sid = q.testdev_sid
         mem, b, fs = rig.first_stage_rig(sid)
         fs.map(rig.IOVA_DST, rig.DST_HPA)

@@ -20,6 +20,7 @@ import rig
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.qemu.probe import IommuSettings
 from harness.qemu.qtest import EDU_BUF, QtestMachine
 from harness.viommu import (
     FaultOutcome,
@@ -239,25 +240,27 @@ class Unit:
             check(t.fault is spec, f"model fault {t.fault!r}, spec says {spec!r}")
 
 
-@pytest.fixture(scope="module")
-def machines() -> Iterator[Callable[[str], Unit]]:
-    started: dict[str, tuple[QtestMachine, Unit]] = {}
+Machines = Callable[[IommuSettings], Unit]
 
-    def get(props: str) -> Unit:
-        if props not in started:
+
+@pytest.fixture(scope="module")
+def machines() -> Iterator[Machines]:
+    started: dict[tuple[tuple[str, bool | int], ...], tuple[QtestMachine, Unit]] = {}
+
+    def get(props: IommuSettings) -> Unit:
+        key = tuple(sorted(props.items()))
+        if key not in started:
             q = QtestMachine(props).__enter__()
-            started[props] = (q, Unit(q))
-        return started[props][1]
+            started[key] = (q, Unit(q))
+        return started[key][1]
 
     yield get
     for q, _ in started.values():
         q.__exit__(None, None, None)
 
 
-LEGACY = "caching-mode=on,pt=on"
-LEGACY39 = "caching-mode=on,pt=on,aw-bits=39"
-FLTS = "caching-mode=on,x-scalable-mode=on,x-flts=on"
-SMSS = "caching-mode=on,x-scalable-mode=on"
+LEGACY, FLTS, SMSS = rig.LEGACY, rig.FLTS, rig.SMSS
+LEGACY39 = {**LEGACY, "aw_bits": 39}
 
 
 def fs_scenario(u: Unit, *, pasid_entry: dict[str, int] | None = None) -> tuple[TableBuilder, FsTables]:
@@ -274,7 +277,7 @@ def fs_scenario(u: Unit, *, pasid_entry: dict[str, int] | None = None) -> tuple[
 
 # ============================================================================ first stage
 @pytest.mark.parametrize("page", ["2M", "1G"])
-def test_first_stage_large_leaves_move_data_and_set_ad_like_qemu(machines: Callable[[str], Unit], page: str) -> None:
+def test_first_stage_large_leaves_move_data_and_set_ad_like_qemu(machines: Machines, page: str) -> None:
     u = machines(FLTS)
     assert u.ecap.flts and u.ecap.smts
     if page == "1G":
@@ -302,7 +305,7 @@ def test_first_stage_large_leaves_move_data_and_set_ad_like_qemu(machines: Calla
     u.same_entry(ro_leaf)
 
 
-def test_first_stage_canonical_high_half_translates(machines: Callable[[str], Unit]) -> None:
+def test_first_stage_canonical_high_half_translates(machines: Machines) -> None:
     u = machines(FLTS)
     b, fs = fs_scenario(u)
     high = 0xFFFF_8000_1234_5000
@@ -314,7 +317,7 @@ def test_first_stage_canonical_high_half_translates(machines: Callable[[str], Un
     u.fault(high & ((1 << 48) - 1), False, FR.SM_NOT_CANONICAL)  # bit 47 set, 63:48 clear
 
 
-def test_divergence_fs_dirty_not_set_when_leaf_already_accessed(machines: Callable[[str], Unit]) -> None:
+def test_divergence_fs_dirty_not_set_when_leaf_already_accessed(machines: Machines) -> None:
     """Read a page, invalidate the IOTLB, write it: the spec (and the model) set D in the
     leaf; QEMU 10.0 skips the A/D update because A is already set."""
     assert "fs-dirty-skipped-when-accessed" in BY_ID
@@ -329,11 +332,11 @@ def test_divergence_fs_dirty_not_set_when_leaf_already_accessed(machines: Callab
     assert qv & (FS_A | FS_D) == FS_A, f"QEMU leaf {qv:#x}: D now set, drop the divergence"
 
 
-def test_divergence_fs1gp_off_still_translates_1g_leaves(machines: Callable[[str], Unit]) -> None:
+def test_divergence_fs1gp_off_still_translates_1g_leaves(machines: Machines) -> None:
     """QEMU 10.0 with fs1gp=off clears CAP.FS1GP but its reserved-bit masks still accept PS
     in a PDPE; the spec (and the model) treat it as reserved (0x72)."""
     assert "fs1gp-not-enforced" in BY_ID
-    u = machines(FLTS + ",fs1gp=off")
+    u = machines({**FLTS, "fs1gp": False})
     assert not u.cap.fl1gp
     b, fs = fs_scenario(u)
     fs.map(0x0055_4000_0000, 0, 1 << 30)
@@ -347,8 +350,10 @@ def test_divergence_fs1gp_off_still_translates_1g_leaves(machines: Callable[[str
 
 
 # ============================================================================ second stage
-@pytest.mark.parametrize("props,levels", [(LEGACY39, 3), (LEGACY, 3), (LEGACY, 4)])
-def test_legacy_second_stage_levels_and_superpages(machines: Callable[[str], Unit], props: str, levels: int) -> None:
+@pytest.mark.parametrize("props,levels", [(LEGACY39, 3), (LEGACY, 3), (LEGACY, 4)],
+                         ids=["aw39-3level", "aw48-3level", "aw48-4level"])
+def test_legacy_second_stage_levels_and_superpages(machines: Machines,
+                                                   props: IommuSettings, levels: int) -> None:
     u = machines(props)
     aw = levels - 2
     assert u.cap.supports_agaw(aw), f"SAGAW {u.cap.sagaw:#x} lacks {levels}-level tables"
@@ -382,7 +387,7 @@ def test_legacy_second_stage_levels_and_superpages(machines: Callable[[str], Uni
 
 
 @pytest.mark.parametrize("aw", [1, 2])
-def test_scalable_second_stage_pgtt_ss(machines: Callable[[str], Unit], aw: int) -> None:
+def test_scalable_second_stage_pgtt_ss(machines: Machines, aw: int) -> None:
     u = machines(SMSS)
     assert u.ecap.slts and u.ecap.smts and not u.ecap.flts, "QEMU 10.0 SM without x-flts walks SS only"
     u.divergences = ("sm-legacy-fault-codes",)
@@ -408,7 +413,7 @@ def test_scalable_second_stage_pgtt_ss(machines: Callable[[str], Unit], aw: int)
 
 
 # ============================================================================ pass-through
-def test_legacy_pass_through_tt2(machines: Callable[[str], Unit]) -> None:
+def test_legacy_pass_through_tt2(machines: Machines) -> None:
     u = machines(LEGACY)
     assert u.ecap.pt, "pt=on must report ECAP.PT"
     b = u.scenario(scalable=False)
@@ -420,8 +425,8 @@ def test_legacy_pass_through_tt2(machines: Callable[[str], Unit]) -> None:
         check(t.address == iova, f"pass-through moved {iova:#x} to {t.address}")
 
 
-@pytest.mark.parametrize("props", [FLTS, SMSS])
-def test_scalable_pass_through_pgtt(machines: Callable[[str], Unit], props: str) -> None:
+@pytest.mark.parametrize("props", [FLTS, SMSS], ids=["first-stage", "second-stage"])
+def test_scalable_pass_through_pgtt(machines: Machines, props: IommuSettings) -> None:
     u = machines(props)
     assert u.ecap.pt
     b = u.scenario(scalable=True)
@@ -496,14 +501,14 @@ LEGACY_CASES = [
 
 
 @pytest.mark.parametrize("case", LEGACY_CASES, ids=lambda c: c.name)
-def test_legacy_fault_reasons(machines: Callable[[str], Unit], case: Case) -> None:
+def test_legacy_fault_reasons(machines: Machines, case: Case) -> None:
     u = machines(LEGACY)
     b, root = case.build(u)
     u.program(b, ttm=0, root=root)
     u.fault(case.iova, case.write, case.spec)
 
 
-def test_divergence_legacy_ss_root_read_error_is_context_invalid(machines: Callable[[str], Unit]) -> None:
+def test_divergence_legacy_ss_root_read_error_is_context_invalid(machines: Machines) -> None:
     """An unreadable second-stage root table: spec LSL.1 (0x7), QEMU 10.0 records 0x3."""
     assert "ss-root-read-error-context-invalid" in BY_ID
     u = machines(LEGACY)
@@ -516,7 +521,7 @@ def test_divergence_legacy_ss_root_read_error_is_context_invalid(machines: Calla
     assert rec is not None and rec[0] == 0x3, "QEMU changed its code: drop the divergence"
 
 
-def test_divergence_legacy_interrupt_range_uses_sm_code_on_sm_capable_unit(machines: Callable[[str], Unit]) -> None:
+def test_divergence_legacy_interrupt_range_uses_sm_code_on_sm_capable_unit(machines: Machines) -> None:
     """x-scalable-mode=on but TTM=legacy: QEMU picks 0x87 from the capability, not the mode."""
     assert "legacy-interrupt-range-sm-code" in BY_ID
     u = machines(SMSS)
@@ -594,7 +599,7 @@ FS_CASES = [
 
 
 @pytest.mark.parametrize("case", FS_CASES, ids=lambda c: c.name)
-def test_scalable_first_stage_fault_reasons(machines: Callable[[str], Unit], case: Case) -> None:
+def test_scalable_first_stage_fault_reasons(machines: Machines, case: Case) -> None:
     u = machines(FLTS)
     b, root = case.build(u)
     u.program(b, ttm=1, root=root)
@@ -631,7 +636,7 @@ SMSS_CASES = [
 
 
 @pytest.mark.parametrize("case", SMSS_CASES, ids=lambda c: c.name)
-def test_scalable_second_stage_fault_reasons(machines: Callable[[str], Unit], case: Case) -> None:
+def test_scalable_second_stage_fault_reasons(machines: Machines, case: Case) -> None:
     u = machines(SMSS)
     b, root = case.build(u)
     u.program(b, ttm=1, root=root)
@@ -640,7 +645,7 @@ def test_scalable_second_stage_fault_reasons(machines: Callable[[str], Unit], ca
     u.fault(case.iova, case.write, case.spec)
 
 
-def test_divergence_sm_context_dte_not_checked(machines: Callable[[str], Unit]) -> None:
+def test_divergence_sm_context_dte_not_checked(machines: Machines) -> None:
     """Context DTE=1 on a unit without ECAP.DT: invalid programming (SCT.4, 0x43) for the
     spec and the model; QEMU 10.0 never looks at DTE and translates."""
     assert "sm-context-fields-unchecked" in BY_ID
@@ -683,7 +688,7 @@ def _access(draw: st.DrawFn) -> tuple[int, int, int, int, bool]:
 
 
 @pytest.fixture(scope="module")
-def flts_unit(machines: Callable[[str], Unit]) -> Unit:
+def flts_unit(machines: Machines) -> Unit:
     return machines(FLTS)
 
 

@@ -22,7 +22,10 @@ from pathlib import Path
 
 import paramiko
 
+from harness.qemu.probe import probe_qemu
+
 QEMU = os.environ.get("SVMVAL_QEMU", "qemu-system-x86_64")
+IOMMU = {"intremap": True, "caching_mode": True, "scalable_mode": True, "flts": True, "pasid": True}
 
 
 def free_port() -> int:
@@ -54,7 +57,7 @@ def qemu_argv(
         "-nographic",
         "-no-reboot",
         "-device",
-        "intel-iommu,intremap=on,caching-mode=on,x-scalable-mode=on,x-flts=on,x-pasid-mode=on",
+        "intel-iommu," + probe_qemu(QEMU).iommu_args(IOMMU),
         "-drive",
         f"if=none,id=root,file={rootfs},format=raw,snapshot=on",
         "-device",

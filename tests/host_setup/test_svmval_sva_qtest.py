@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from harness.qemu.probe import probe_qemu
+from harness.qemu.probe import IommuSettings, probe_qemu
 from harness.qemu.qtest import QtestError, QtestMachine
 from harness.viommu import FsTables, GuestMemory, PasidEntry, Pgtt, TableBuilder, VtdModel
 from harness.viommu.descriptors import PageRequest, ResponseCode
@@ -83,18 +83,16 @@ def qemu() -> str:
     return binary
 
 
-def _sva_props(qemu: str) -> str:
-    """intel-iommu with first stage, PASID, device-TLB and page requests: svmval's patched
-    10.2 needs svm=on for ECAP.PRS (a build that sets PRS with x-pasid-mode has no svm)."""
-    svm = probe_qemu(qemu).iommu_property("svm")
-    return "x-flts=on,x-pasid-mode=on,device-iotlb=on" + (f",{svm}=on" if svm else "")
+# intel-iommu with first stage, PASID, device-TLB and page requests: svmval's patched 10.2
+# needs svm=on for ECAP.PRS (harness/qemu/probe.py spells the keys for the binary).
+SVA_IOMMU: dict[str, bool | int] = {"flts": True, "pasid": True, "device_iotlb": True, "svm": True}
 
 
 class SvaMachine(QtestMachine):
     """QtestMachine (edu and all) plus svmval-sva at 00:08.0, TCG without icount."""
 
-    def __init__(self, qemu: str, iommu_props: str, device_props: str = "") -> None:
-        super().__init__(iommu_props, memory_mib=RAM >> 20, qemu=qemu)
+    def __init__(self, qemu: str, iommu: IommuSettings, device_props: str = "") -> None:
+        super().__init__(iommu, memory_mib=RAM >> 20, qemu=qemu)
         i = self.argv.index("-icount")
         del self.argv[i : i + 2]
         self.argv += ["-device", f"svmval-sva,addr=0x8{device_props}"]
@@ -261,9 +259,9 @@ class Rig:
 def sva_rig(qemu: str, *, device_props: str = "", first_stage: bool = True) -> Iterator[Rig]:
     """Scalable mode. first_stage: RID_PASID pass-through (where the MSI lands) and PASID
     with first-stage tables, device-TLB and page requests on; else RID_PASID second-stage."""
-    props = "caching-mode=on,aw-bits=48,x-scalable-mode=on"
+    props: dict[str, bool | int] = {"caching_mode": True, "aw_bits": 48, "scalable_mode": True}
     if first_stage:
-        props += "," + _sva_props(qemu)
+        props |= SVA_IOMMU
     with SvaMachine(qemu, props, device_props) as q:
         mem = GuestMemory(RAM)
         b = TableBuilder(mem, scalable=True)
@@ -296,7 +294,7 @@ def msi_seen(q: SvaMachine) -> bool:
 
 # ------------------------------------------------------------------------------------ tests
 def test_identity_registers_and_bad_ops(qemu: str) -> None:
-    with SvaMachine(qemu, "caching-mode=on") as q:  # DMAR stays off: DMA is untranslated
+    with SvaMachine(qemu, {"caching_mode": True}) as q:  # DMAR stays off: DMA is untranslated
         assert q.reg(ID) == 1 << 32 | 0x5356_4D56
         assert q.readl(BAR + ID + 4) == 1  # register-map version, 32-bit access
         assert q.cfg(0x0A, 2) == 0x00FF  # class

@@ -8,7 +8,7 @@ import pytest
 from support.lab_swap import lab_nested_here
 
 from harness.errors import ConfigError
-from harness.qemu.probe import QemuInfo, probe_qemu
+from harness.qemu.probe import QemuInfo, QemuProbeError, probe_qemu
 from harness.qemu.profiles import Profile, VmSpec, build_argv, lab_nested, sid_of
 
 
@@ -34,6 +34,24 @@ def test_probe_reads_version_and_first_stage_property(qemu: QemuInfo) -> None:
     assert qemu.iommu_property("flts") in ("x-flts", "fsts")
     assert qemu.iommu_property("scalable_mode") in ("x-scalable-mode", "scalable-mode")
     assert qemu.has_device("edu")
+
+
+def test_iommu_settings_are_spelled_as_each_qemu_spells_them(qemu: QemuInfo) -> None:
+    settings: dict[str, bool | int] = {"caching_mode": True, "scalable_mode": True, "flts": True,
+                                       "pasid": True, "aw_bits": 48, "fs1gp": False}
+    here = qemu.iommu_args(settings)
+    if qemu.version < (11, 0, 0):
+        assert here == "caching-mode=on,x-scalable-mode=on,x-flts=on,x-pasid-mode=on,aw-bits=48,fs1gp=off"
+    # QEMU 11.1's names, as probe_qemu read them from Debian sid's 11.1.3: a width for PASIDs, no pt.
+    eleven = QemuInfo(binary="qemu-system-x86_64", version=(11, 1, 3), version_text="11.1.3",
+                      accelerators=frozenset({"tcg"}), iommu_properties=frozenset(
+                          {"aw-bits", "caching-mode", "device-iotlb", "dma-translation", "eim", "fs1gp", "fsts",
+                           "intremap", "pasid-bits", "scalable-mode", "snoop-control", "stale-tm", "svm",
+                           "version"}))
+    assert eleven.iommu_args(settings) == "caching-mode=on,scalable-mode=on,fsts=on,pasid-bits=20,aw-bits=48,fs1gp=off"
+    assert eleven.iommu_args({"pasid": False}) == "pasid-bits=0"
+    with pytest.raises(QemuProbeError, match=r"\(11.1.3\) has no intel-iommu property for pt"):
+        eleven.iommu_args({"pt": True})
 
 
 def test_local_profile_puts_every_dma_device_behind_the_viommu(qemu: QemuInfo, spec: VmSpec) -> None:

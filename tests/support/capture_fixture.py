@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from harness.qemu.probe import probe_qemu
+
 KERNEL_PKG = "linux-image-6.12.117+deb12-amd64-unsigned"
 BUSYBOX_PKG = "busybox-static"
 HWRNG_READS = 256
@@ -38,10 +40,9 @@ _IR_PREFIXES = ("vtd_ir_", "vtd_warn_ir_", "vtd_irq_generate", "vtd_reg_ir_root"
 QEMU_ARGS = [
     "-M", "q35,kernel-irqchip=split", "-accel", "tcg", "-cpu", "max,-la57",
     "-m", "1G", "-smp", "2", "-nographic", "-no-reboot",
-    "-device",
-    "intel-iommu,intremap=on,caching-mode=on,x-scalable-mode=on,x-flts=on,x-pasid-mode=on",
     "-device", "virtio-rng-pci-non-transitional,iommu_platform=on",
 ]
+IOMMU = {"intremap": True, "caching_mode": True, "scalable_mode": True, "flts": True, "pasid": True}
 CMDLINE = "console=ttyS0 intel_iommu=on,sm_on iommu.strict=1 no5lvl panic=-1"
 
 INIT = """#!/bin/busybox sh
@@ -129,8 +130,8 @@ def capture(work: Path, out: Path, reads: int, qemu: str, timestamps: bool,
     trace = run / "trace.log"
     trace.unlink(missing_ok=True)
     trace_arg = f"events={evfile}" if filtered else "vtd_*"
-    cmd = [qemu, *QEMU_ARGS, "-kernel", str(kernel), "-initrd", str(initrd),
-           "-append", CMDLINE, "-trace", trace_arg, "-D", str(trace)]
+    cmd = [qemu, *QEMU_ARGS, "-device", "intel-iommu," + probe_qemu(qemu).iommu_args(IOMMU),
+           "-kernel", str(kernel), "-initrd", str(initrd), "-append", CMDLINE, "-trace", trace_arg, "-D", str(trace)]
     if timestamps:
         cmd += ["-msg", "timestamp=on"]
     t0 = time.monotonic()

@@ -33,7 +33,7 @@ def capture(qemu: str, out: Path, seconds: float = 4.0, context: int = 100) -> P
     events, trace = out / "events", out / "full-trace.log"
     events.write_text("\n".join(EVENTS) + "\n")
     n = 1 << (QS + 8)
-    with QtestMachine("caching-mode=on", qemu=qemu, extra_args=(
+    with QtestMachine({"caching_mode": True}, qemu=qemu, extra_args=(
             "-trace", f"events={events}", "-D", str(trace), "-msg", "timestamp=on")) as m:
         m.cmd(f"b64write {IQ_BASE:#x} {16 * n:#x} {base64.b64encode(IOTLB_GLOBAL * n).decode()}")
         m.writeq(VTD_BASE + IQA, IQ_BASE | QS)
