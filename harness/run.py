@@ -254,6 +254,8 @@ def run_in_guest(
             raise GuestError(f"`python3 -m workloads list` failed in the guest: {listing.stderr[-2000:]}")
         catalog = listing.stdout.split()
         selected = [n for n in catalog if names is None or n in names]
+        if seed is not None:
+            _plant_in_guest(ch, seed)
 
         if hold and HOLD_WORKLOAD in selected:
             say(f"{HOLD_WORKLOAD}: DMA through the vIOMMU, checked while the buffers are mapped")
@@ -273,6 +275,15 @@ def run_in_guest(
                 record.check(check)
         finally:
             g.machine.resume()
+
+
+def _plant_in_guest(ch: GuestChannel, seed: SeedBug) -> None:
+    """A seed planted from inside the guest (the svmval_sva module's seed_response)."""
+    for command in seed.guest_setup:
+        planted = ch.run(command)
+        if not planted.ok:
+            raise GuestError(f"--seed-bug {seed.name}: `{command}` failed in the guest: "
+                             f"{(planted.stderr or planted.stdout)[-500:]}")
 
 
 def _run_catalog(ch: GuestChannel, record: RunRecord, names: list[str]) -> None:

@@ -20,7 +20,13 @@ class SeedBug:
     stale_use: bool = False  # take write away from PTEs edu_dma reads again after its hold
     wrong_translation: bool = False  # retarget a PTE edu_dma holds before the translation check
     guest_env: tuple[tuple[str, str], ...] = ()  # set for edu_dma (workloads/edu_dma.py reads it)
+    guest_setup: tuple[str, ...] = ()  # shell commands run in the guest (root) before the workloads
     workloads: tuple[str, ...] = ()  # the workloads that make the traffic it needs
+
+
+def _seed_response(field: str) -> str:
+    # guest_image/driver/svmval_sva.c: the next page group response names a wrong `field`
+    return f"echo {field} > /sys/module/svmval_sva/parameters/seed_response"
 
 
 SEED_BUGS: dict[str, SeedBug] = {b.name: b for b in (
@@ -53,6 +59,17 @@ SEED_BUGS: dict[str, SeedBug] = {b.name: b for b in (
     SeedBug("page-request-never-closed", "the svmval-sva device sends page requests without "
             "last-page-in-group, so the guest can never answer them", "prq",
             qemu_args=("-global", "svmval-sva.x-seed-no-last-page=on"), workloads=("sva_first_touch",)),
+    SeedBug("wrong-prgi-response", "the guest's IOMMU driver answers one page request with a page group "
+            "response naming another PRGI (the svmval_sva module's seed_response parameter probes "
+            "intel_iommu_page_response); the device never gets its answer and the operation times out",
+            "prq (a response that answers no outstanding request, and the group it left unanswered)",
+            guest_setup=(_seed_response("prgi"),), workloads=("sva_first_touch",)),
+    SeedBug("wrong-pasid-response", "the guest's IOMMU driver answers one page request with a page group "
+            "response naming another PASID (as wrong-prgi-response); the unit finds no device "
+            "behind it and the operation times out",
+            "prq (a response that answers no outstanding request, the group it left unanswered, and "
+            "one success response fewer than the guest sent)",
+            guest_setup=(_seed_response("pasid"),), workloads=("sva_first_touch",)),
 )}
 
 

@@ -20,6 +20,7 @@
 #include <linux/idr.h>
 #include <linux/interrupt.h>
 #include <linux/iommu.h>
+#include <linux/kprobes.h>
 #include <linux/kref.h>
 #include <linux/ktime.h>
 #include <linux/miscdevice.h>
@@ -29,6 +30,7 @@
 #include <linux/pci-ats.h>
 #include <linux/sched.h>
 #include <linux/slab.h>
+#include <linux/string.h>
 #include <linux/uaccess.h>
 
 #include "svmval_sva.h"
@@ -560,7 +562,95 @@ static struct pci_driver svmval_driver = {
 	.probe = svmval_probe,
 	.remove = svmval_remove,
 };
-module_pci_driver(svmval_driver);
+
+/*
+ * Test-only seeded bug (svmval run --seed-bug wrong-prgi-response or
+ * wrong-pasid-response): writing "prgi" or "pasid" to
+ * /sys/module/svmval_sva/parameters/seed_response makes the next page group
+ * response the guest's IOMMU driver sends name another PRGI or PASID than the
+ * page request it answers, as a buggy driver would. intel_iommu_page_response()
+ * (drivers/iommu/intel/prq.c) builds the descriptor from the fault it is
+ * handed, so a kprobe on it changes that fault once. Nothing is probed until
+ * the parameter is written; "off" disarms it.
+ */
+enum { SEED_OFF, SEED_PRGI, SEED_PASID };
+static const char * const seed_names[] = { "off", "prgi", "pasid" };
+static int seed_mode;
+static atomic_t seed_left = ATOMIC_INIT(0);
+static bool seed_probed;
+static DEFINE_MUTEX(seed_lock);
+
+static int seed_pre(struct kprobe *kp, struct pt_regs *regs)
+{
+	struct iopf_fault *evt = (void *)regs_get_kernel_argument(regs, 1);
+	struct iommu_fault_page_request *prm = &evt->fault.prm;
+
+	if (atomic_dec_if_positive(&seed_left) < 0)
+		return 0;
+	if (seed_mode == SEED_PRGI) {
+		/* PRGI is 9 bits; its top bit names a group no request is in */
+		pr_warn(DRV_NAME ": seeded bug: page group response PRGI %u sent as %u (PASID %u)\n",
+			prm->grpid, prm->grpid ^ 0x100, prm->pasid);
+		prm->grpid ^= 0x100;
+	} else {
+		/* bit 7 of an SVA PASID (the IOMMU core hands out small ones) */
+		pr_warn(DRV_NAME ": seeded bug: page group response PASID %u sent as %u (PRGI %u)\n",
+			prm->pasid, prm->pasid ^ 0x80, prm->grpid);
+		prm->pasid ^= 0x80;
+	}
+	return 0;
+}
+
+static struct kprobe seed_kp = {
+	.symbol_name = "intel_iommu_page_response",
+	.pre_handler = seed_pre,
+};
+
+static int seed_set(const char *val, const struct kernel_param *kp)
+{
+	int mode = sysfs_match_string(seed_names, val);
+	int ret = 0;
+
+	if (mode < 0)
+		return -EINVAL;
+	mutex_lock(&seed_lock);
+	if (mode != SEED_OFF && !seed_probed) {
+		ret = register_kprobe(&seed_kp);
+		if (ret)
+			pr_err(DRV_NAME ": seed_response: cannot probe %s: %d\n",
+			       seed_kp.symbol_name, ret);
+		seed_probed = !ret;
+	}
+	if (!ret) {
+		seed_mode = mode;
+		atomic_set(&seed_left, mode != SEED_OFF);
+	}
+	mutex_unlock(&seed_lock);
+	return ret;
+}
+
+static int seed_get(char *buf, const struct kernel_param *kp)
+{
+	return sysfs_emit(buf, "%s\n", seed_names[seed_mode]);
+}
+
+static const struct kernel_param_ops seed_ops = { .set = seed_set, .get = seed_get };
+module_param_cb(seed_response, &seed_ops, NULL, 0644);
+MODULE_PARM_DESC(seed_response, "test-only: off, prgi or pasid (the next page group response names a wrong one)");
+
+static int __init svmval_init(void)
+{
+	return pci_register_driver(&svmval_driver);
+}
+module_init(svmval_init);
+
+static void __exit svmval_exit(void)
+{
+	pci_unregister_driver(&svmval_driver);
+	if (seed_probed)
+		unregister_kprobe(&seed_kp);
+}
+module_exit(svmval_exit);
 
 MODULE_DESCRIPTION("svmval-sva PASID/ATS/PRI test device: SVA ops from user space");
 MODULE_LICENSE("GPL");

@@ -3,6 +3,7 @@ guest and require the run to catch it."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,6 @@ def test_pte_changed_without_invalidation_is_reported_stale(host: HostSpec, tmp_
     final = [c for c in outcome.checks if c.name == "qi-completeness" and c.workload is None]
     assert final and final[0].verdict is Verdict.PASS, final[0].findings[:3]
     # The report links the stale finding to the trace lines behind it.
-    import re
-
     html = (outcome.bundle.path / "report.html").read_text()
     links = re.findall(r'href="#(trace-L\d+)"', html)
     assert links and all(f'id="{link}"' in html for link in links)
@@ -111,3 +110,25 @@ def test_a_viommu_that_keeps_invalidated_entries_fails_the_qi_check(host: HostSp
     kept = [f for f in qi.findings if "after an invalidation that covers it" in f.message]
     assert kept and all(f.message.startswith("sid 0x30 ") for f in kept), qi.findings[:3]
     assert qi.counts["stale_uses_after_invalidation"] >= 1  # and its source had changed: the new page
+
+
+@pytest.mark.parametrize("name, field", [("wrong-prgi-response", "PRGI"), ("wrong-pasid-response", "PASID")])
+def test_a_response_naming_another_group_fails_the_prq_check(host: HostSpec, tmp_path: Path, name: str,
+                                                              field: str) -> None:
+    """The guest's driver answers one page request with the wrong PRGI or PASID: the
+    response answers nothing outstanding, and the group it was meant for stays open."""
+    outcome = _seeded(host, tmp_path, name)
+    console = (outcome.bundle.path / "vm" / "console.log").read_text(errors="replace")
+    (planted,) = re.findall(rf"seeded bug: page group response {field} (\d+) sent as (\d+)", console)
+    sent, wrong = map(int, planted)
+    (prq,) = [c for c in outcome.checks if c.name == "prq"]
+    assert prq.verdict is Verdict.FAIL, prq.summary
+    stray = [f for f in prq.findings if "answers no outstanding request" in f.message]
+    (open_group,) = [f for f in prq.findings if "was never answered" in f.message]
+    assert len(stray) == 1 and stray[0].trace_lines, prq.findings[:3]
+    assert f"{field} {wrong} " in stray[0].message and f"{field} {sent} " in open_group.message
+    if field == "PASID":  # the unit found no device behind that PASID: the device never counted it
+        assert any("the device counted" in f.message and "success responses" in f.message
+                   for f in prq.findings), prq.findings
+    (touch,) = [r for r in _results(outcome) if r["name"] == "sva_first_touch"]
+    assert touch["verdict"] == "fail" and "PRI_TIMEOUT" in touch["reason"], touch
