@@ -63,7 +63,7 @@ from workloads.protocol import SCHEMA as WORKLOADS_SCHEMA
 Say = Callable[[str], None]
 HOLD_DIR = "/tmp/svmval-hold"
 HOLD_WORKLOAD = "edu_dma"
-FAULT_WORKLOADS = ("edu_dma_fault",)  # the workloads that provoke a DMA fault on purpose
+FAULT_WORKLOADS = ("edu_dma_fault", "sva_pasid_not_present")  # the workloads that provoke a DMA fault on purpose
 GUEST_ENV = {"POCL_CACHE_DIR": POCL_CACHE_DIR, "PYTHONDONTWRITEBYTECODE": "1"}
 # How a run gets its guest: given the bundle (for preflight and manifest facts) and a
 # progress callback, a context manager that yields the booted session.
@@ -480,7 +480,8 @@ def _final_checks(g: GuestSession, judge: TraceJudge, results: dict[str, Any]) -
     t0 = time.monotonic()
     expected = [
         ExpectedFault(f"{r['name']} ({f['case']})", int(r["sid"]), int(f["iova"]), bool(f["write"]),
-                      remapped_after=bool(f.get("remapped_after", False)))
+                      remapped_after=bool(f.get("remapped_after", False)),
+                      pasid=None if f.get("pasid") is None else int(f["pasid"]))
         for r in results["results"] if r["verdict"] == "pass"
         for f in r.get("faults", [])
     ]

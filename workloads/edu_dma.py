@@ -18,12 +18,12 @@ import hashlib
 import mmap
 import os
 import struct
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from workloads.catalog import Env, Failed, Result, Skip, check, workload
+from workloads.dmar_log import await_kernel_reports, between_faults
 from workloads.pages import gpa_of
 from workloads.protocol import HoldPoint
 
@@ -296,7 +296,7 @@ def edu_dma_fault(env: Env | None, res: Result) -> None:
         faults.append({"case": "not present, read", "iova": secret, "write": False})
         for case, addr, page in (("not present, write", target, target_map), ("read-only, write", ro, ro_map)):
             before = bytes(page[:])
-            _between_faults()
+            between_faults()
             check(edu.dma(EDU_BUF, addr, PAGE, to_ram=True), f"{case}: faulting DMA never finished")
             check(bytes(page[:]) == before, f"{case}: the device changed a page it may not write")
             # The read-only page is unmapped when the workload ends: the host must not take
@@ -305,11 +305,11 @@ def edu_dma_fault(env: Env | None, res: Result) -> None:
         # Beyond the input address width: first-stage input is 48 bits (4-level), so an
         # address with bit 48 set and no sign extension is not canonical.
         wide = 1 << 48
-        _between_faults()
+        between_faults()
         check(edu.dma(wide, EDU_BUF, PAGE, to_ram=False), "DMA read beyond the address width never finished")
         faults.append({"case": "beyond the address width, read", "iova": wide, "write": False})
         res.extra["faults"] = faults
-        _await_kernel_reports([secret, target, ro, wide])
+        await_kernel_reports([secret, target, ro, wide])
     finally:
         for base in (dst, ro):
             try:
@@ -354,30 +354,6 @@ def edu_dma_remap(env: Env | None, res: Result) -> None:
             except OSError:
                 pass
         edu.close()
-
-
-def _between_faults() -> None:
-    """One fault at a time, each printed: QEMU has one fault recording register, and
-    Linux's dmar_fault() (drivers/iommu/dmar.c) spends three tokens of a ratelimit of
-    ten per 5 s on each fault interrupt, so a fourth fault within 5 s is cleared
-    unprinted. Two seconds apart, at most three fall in any 5 s."""
-    time.sleep(2)
-
-
-def _await_kernel_reports(addrs: list[int], timeout: float = 10) -> None:
-    """Wait until the kernel's log holds a DMAR report of each faulting address (the
-    host reads them from the serial console, which a 7.x kernel writes from a thread
-    of its own, behind the log)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        log = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout
-        missing = [a for a in addrs if f"fault addr {a:#x}" not in log]
-        if not missing:
-            time.sleep(1)  # and give the console thread its turn
-            return
-        if time.monotonic() > deadline:
-            raise Failed("the guest kernel reported no DMAR fault for " + ", ".join(f"{a:#x}" for a in missing))
-        time.sleep(0.2)
 
 
 def _addr(m: mmap.mmap) -> int:

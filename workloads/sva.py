@@ -30,8 +30,9 @@ import pyopencl as cl
 
 from workloads.capabilities import Svm
 from workloads.catalog import Env, Failed, Result, Skip, check, workload
+from workloads.dmar_log import await_kernel_reports, between_faults
 from workloads.pages import PAGE, page_records
-from workloads.svadev import DevError, Op, OpFlag, OpResult, Status, SvaDevice, absent_reason
+from workloads.svadev import UNBOUND_PASID, DevError, Op, OpFlag, OpResult, Status, SvaDevice, absent_reason
 
 NEED = "svmval-sva device"
 HUGE = 2 << 20
@@ -621,6 +622,35 @@ def kernel_address(env: Env | None, res: Result) -> None:
             outcomes[label] = r.error.name
         res.extra["errors"] = outcomes
         s.pages([(m.addr, PAGE)])
+        m.unmap()
+
+
+@workload("sva_pasid_not_present", "SVA: requests tagged with a PASID no process is bound to")
+def pasid_not_present(env: Env | None, res: Result) -> None:
+    """The device reads one page of this process and writes another, tagged with a PASID
+    no bind holds (svadev.UNBOUND_PASID): the unit must fault each translation (PASID
+    entry not present: a fault record whose reason, direction and PASID the host checks)
+    and neither page changes. How the device ends the op is its own (recorded)."""
+    with session(res) as s:
+        if s.pasid == UNBOUND_PASID:
+            raise Skip(f"this process was bound with PASID {UNBOUND_PASID}, the one the op must not hold")
+        m = Region(2 * PAGE)
+        data = np.random.default_rng(6).integers(0, 256, 2 * PAGE, dtype=np.uint8).tobytes()
+        m.write(data)
+        faults: list[dict[str, object]] = []
+        for i, (case, op, write) in enumerate((("read", Op.READ_CRC, False), ("write", Op.FILL, True))):
+            addr = m.addr + i * PAGE
+            between_faults(5.5 if i == 0 else 2.0)  # the workloads before may have faulted
+            r = s.op(f"unbound_{case}", op, addr, length=PAGE, pattern=0xDEADBEEF, flags=OpFlag.UNBOUND_PASID)
+            check(bool(r.status & Status.ERROR), f"{case} with PASID {UNBOUND_PASID} ended {r.status!r}")
+            if op is Op.READ_CRC:
+                check(r.result != zlib.crc32(data[:PAGE]), f"{case}: the device read the page without its PASID")
+            check(m.read() == data, f"{case} with PASID {UNBOUND_PASID} changed memory: {_differ(m.read(), data)}")
+            faults.append({"case": f"PASID not present, {case}", "iova": addr, "write": write,
+                           "pasid": UNBOUND_PASID, "device_error": r.error.name})
+        res.extra["faults"] = faults
+        await_kernel_reports([m.addr, m.addr + PAGE])
+        s.pages([(m.addr, 2 * PAGE)])
         m.unmap()
 
 

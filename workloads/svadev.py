@@ -26,6 +26,7 @@ MODULE = "svmval_sva"
 PCI_ID = (0x1234, 0x5356)
 ABI_VERSION = 1
 MAX_LEN = 64 << 20
+UNBOUND_PASID = 63  # svmval_sva.h SVMVAL_SVA_UNBOUND_PASID
 ABSENT = "svmval-sva device absent"  # the skip reason when there is no device at all
 UNUSABLE = "svmval-sva device unusable"  # ... when it is there but cannot be used
 
@@ -43,6 +44,7 @@ class OpFlag(IntFlag):
     PRIV = 1 << 0
     EXEC = 1 << 1
     NO_PASID = 1 << 2
+    UNBOUND_PASID = 1 << 3  # tagged with UNBOUND_PASID, which no bind holds
 
 
 class InfoFlag(IntFlag):

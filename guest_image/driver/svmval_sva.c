@@ -283,6 +283,17 @@ out:
 	return ret;
 }
 
+/* Whether a file of @sva is bound with @pasid (called with sva->lock held). */
+static bool svmval_pasid_bound(struct svmval_sva *sva, u32 pasid)
+{
+	struct svmval_file *f;
+
+	list_for_each_entry(f, &sva->files, node)
+		if (f->handle && f->pasid == pasid)
+			return true;
+	return false;
+}
+
 static long svmval_ioctl_op(struct svmval_file *f, void __user *arg)
 {
 	struct svmval_sva *sva = f->sva;
@@ -299,8 +310,8 @@ static long svmval_ioctl_op(struct svmval_file *f, void __user *arg)
 	if (op.len == 0 || op.len > SVMVAL_SVA_MAX_LEN)
 		return -EINVAL;
 	if ((op.flags & SVMVAL_SVA_OP_NO_PASID) &&
-	    (op.flags & (SVMVAL_SVA_OP_PRIV | SVMVAL_SVA_OP_EXEC)))
-		return -EINVAL;	/* PRIV and EXEC qualify PASID-tagged requests only */
+	    (op.flags & (SVMVAL_SVA_OP_PRIV | SVMVAL_SVA_OP_EXEC | SVMVAL_SVA_OP_UNBOUND_PASID)))
+		return -EINVAL;	/* PRIV, EXEC and the PASID qualify PASID-tagged requests only */
 	/* A forked child holds its parent's file: it must open its own. */
 	if (!(op.flags & SVMVAL_SVA_OP_NO_PASID) && current->mm != f->mm)
 		return -EPERM;
@@ -310,7 +321,8 @@ static long svmval_ioctl_op(struct svmval_file *f, void __user *arg)
 	 * read-only address must be refused by the IOMMU (the workloads check
 	 * that), not by this driver.
 	 */
-	pasid_reg = (f->pasid & PASID_MASK) | PASID_PV;
+	pasid_reg = (op.flags & SVMVAL_SVA_OP_UNBOUND_PASID ? SVMVAL_SVA_UNBOUND_PASID : f->pasid & PASID_MASK) |
+		    PASID_PV;
 	if (op.flags & SVMVAL_SVA_OP_PRIV)
 		pasid_reg |= PASID_PRIV;
 	if (op.flags & SVMVAL_SVA_OP_EXEC)
@@ -320,6 +332,8 @@ static long svmval_ioctl_op(struct svmval_file *f, void __user *arg)
 		return -EINTR;
 	if (sva->gone)
 		ret = -ENODEV;
+	else if ((op.flags & SVMVAL_SVA_OP_UNBOUND_PASID) && svmval_pasid_bound(sva, SVMVAL_SVA_UNBOUND_PASID))
+		ret = -EBUSY;
 	else if (op.flags & SVMVAL_SVA_OP_NO_PASID)
 		ret = svmval_run_dma(sva, &op);
 	else

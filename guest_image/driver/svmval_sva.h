@@ -30,7 +30,16 @@
 #define SVMVAL_SVA_OP_PRIV		(1U << 0)	/* privileged-mode request */
 #define SVMVAL_SVA_OP_EXEC		(1U << 1)	/* execute request */
 #define SVMVAL_SVA_OP_NO_PASID		(1U << 2)	/* plain DMA API, no PASID */
-#define SVMVAL_SVA_OP_FLAGS		(SVMVAL_SVA_OP_PRIV | SVMVAL_SVA_OP_EXEC | SVMVAL_SVA_OP_NO_PASID)
+#define SVMVAL_SVA_OP_UNBOUND_PASID	(1U << 3)	/* tag with SVMVAL_SVA_UNBOUND_PASID */
+#define SVMVAL_SVA_OP_FLAGS		(SVMVAL_SVA_OP_PRIV | SVMVAL_SVA_OP_EXEC | SVMVAL_SVA_OP_NO_PASID | \
+					 SVMVAL_SVA_OP_UNBOUND_PASID)
+/*
+ * The PASID an UNBOUND_PASID op is tagged with: the last of the first 64, whose
+ * PASID directory entry Linux has made for the small PASIDs it hands out, but
+ * whose PASID table entry no bind of this device holds (the op is refused with
+ * EBUSY if one does). The IOMMU must fault it: PASID entry not present.
+ */
+#define SVMVAL_SVA_UNBOUND_PASID	63
 
 /* svmval_sva_op.status: the STATUS register after the operation */
 #define SVMVAL_SVA_STATUS_BUSY		(1U << 0)

@@ -95,6 +95,20 @@ DIVERGENCES: tuple[Divergence, ...] = (
         "docs/VTD_FACTS.md §4.2 (A/D update)",
     ),
     Divergence(
+        "pasid-entry-type-before-present", "10.2",
+        "a PASID-table entry that is all zero (P=0) faults 0x5B: the entry's type (PGTT 000, "
+        "reserved) is checked before its P bit",
+        "P=0 is SPT.2, fault 0x59; the entry's other fields matter only when it is present",
+        "tests/host_setup/test_svmval_sva_qtest.py (QEMU's vtd_get_pe_in_pasid_leaf_table)",
+    ),
+    Divergence(
+        "pasid-fault-record-pp-clear", "10.2",
+        "the fault of an ATS translation request tagged with a PASID is recorded with PP=0: "
+        "the record does not say which PASID faulted",
+        "PP=1 and PV=the request's PASID for a request with a PASID TLP prefix",
+        "tests/host_setup/test_svmval_sva_qtest.py",
+    ),
+    Divergence(
         "sm-context-fields-unchecked", "10.0",
         "scalable-mode context DTE/PASIDE/PRE are not validated against ECAP.DT/PASID/PRS",
         "setting a field whose capability is absent is invalid programming: SCT.4 0x43",

@@ -42,12 +42,14 @@ def test_check(local_run: RunOutcome, check_name: str) -> None:
     else:
         assert all(c.traffic is Traffic.REAL for c in found)
     if check_name == "faults":
-        # The matrix edu_dma_fault provokes, each reason judged on the walk QEMU made at it;
-        # the address beyond the input width faults before QEMU reads any entry (no walk).
+        # The matrix edu_dma_fault and sva_pasid_not_present provoke, each reason judged on
+        # the walk QEMU made at it; the address beyond the input width and the two PASID-63
+        # requests fault before QEMU reads a first-stage entry (no walk).
         (faults,) = found
-        assert faults.counts["expected"] == 4, faults.summary
+        assert faults.counts["expected"] == 6, faults.summary
         assert faults.counts["reason_from_walk_at_fault"] == 3, faults.summary
-        assert faults.counts["reason_from_tables_at_end"] == 1, faults.summary
+        assert faults.counts["reason_from_tables_at_end"] == 3, faults.summary
+        assert faults.counts["divergence_pasid_entry_type_before_present"] == 2, faults.summary
     if check_name == "qi-completeness":
         for c in found:  # every use and every fill judged, on svmval's QEMU
             assert c.counts["hits_source_checked"] == c.counts["hits"] + c.counts.get("pasid_hits", 0), c.summary

@@ -25,8 +25,9 @@ import pytest
 
 from harness.qemu.probe import IommuSettings, probe_qemu
 from harness.qemu.qtest import QtestError, QtestMachine
-from harness.viommu import FsTables, GuestMemory, PasidEntry, Pgtt, TableBuilder, VtdModel
+from harness.viommu import FaultReason, FsTables, GuestMemory, PasidEntry, Pgtt, TableBuilder, VtdModel
 from harness.viommu.descriptors import PageRequest, ResponseCode
+from harness.viommu.faults import Fault
 from harness.viommu.invalidation import pdevtlb_desc, piotlb_desc, prg_resp_desc, wait_desc
 
 pytestmark = [pytest.mark.slow, pytest.mark.qemu]  # qtest only, but the first run may build QEMU
@@ -516,3 +517,27 @@ def test_reset_disables_ats_pasid_pri_and_empties_the_device(qemu: str) -> None:
         assert q.run(FILL, GVA_A, 64, pattern=0x22, pasid=PV | PASID) == (DONE, 0)
         assert q.read(HPA_A, 8) == bytes([0x22] + [0] * 7) and msi_seen(q)
         assert (q.counters()["ats_requests"], q.counters()["atc_entries"]) == (1, 1)
+
+
+def test_a_pasid_without_an_entry_faults_0x5b_recorded_without_its_pasid(qemu: str) -> None:
+    """Divergences pasid-entry-type-before-present and ats-fault-record-drops-pasid (harness/
+    viommu/divergences.py): an ATS translation request tagged with a PASID whose PASID-table
+    entry is all zero. The spec (and the model): P=0, fault 0x59, recorded with PP=1 and that
+    PASID. QEMU 10.2 type-checks the entry before its P bit (PGTT 000 is reserved: 0x5B) and
+    records the fault with PP=0."""
+    unbound = 63  # same PASID-table page as PASID 5, never given an entry
+    with sva_rig(qemu) as r:
+        q, model = r.q, r.model
+        assert r.fs is not None
+        r.fs.map(GVA_A, HPA_A)
+        r.sync()
+        q.enable_sva(pri=False)
+        q.reg_write(0x34, 0x7F, 4)  # FSTS: nothing pending before
+        status, error = q.run(READ_CRC, GVA_A, 64, pasid=PV | unbound)
+        assert status == FAILED and error == E_NO_ACCESS, (status, error)
+        assert q.reg_read(0x34, 4) & 0x2, "QEMU recorded no fault"  # FSTS.PPF
+        rec = Fault.decode(q.reg_read(0x228, 8) << 64 | q.reg_read(0x220, 8))  # FRCD 0 (CAP.FRO = 0x22)
+        spec = model.translation_request(SID, GVA_A, pasid=unbound)
+    assert spec.fault is FaultReason.SM_PASID_ENTRY_NOT_PRESENT
+    assert (rec.sid, rec.addr, rec.fr) == (SID, GVA_A, FaultReason.SM_PASID_ENTRY_INVALID)
+    assert rec.pasid is None  # PP=0: the record does not say which PASID faulted
