@@ -166,7 +166,7 @@ def test_the_catalog_has_every_sva_workload_the_contract_asks_for() -> None:
     assert set(SVA_WORKLOADS) == {
         "sva_first_touch", "sva_read_crc", "sva_dma_api", "sva_opencl_svm", "sva_munmap_remap", "sva_fork_cow",
         "sva_hugepage_2m", "sva_readonly_write", "sva_kernel_address", "sva_stack_memory", "sva_multi_process",
-        "sva_page_request_storm",
+        "sva_page_request_storm", "sva_pasid_not_present",
     }
 
 
