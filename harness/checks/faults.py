@@ -26,6 +26,7 @@ from harness.results import CheckResult, Finding, Traffic, Verdict
 from harness.trace.events import DmarFault, FrrNew, FsWalkEntry, TraceEvent
 from harness.viommu import FaultReason, GuestMemory, VtdModel
 from harness.viommu.faults import Fault
+from harness.viommu.root_context import sid_of
 
 PAGE_MASK = ~0xFFF
 # Linux: "DMAR: [DMA Read NO_PASID] Request device [00:06.0] fault addr 0x... [fault reason 0x71] ..."
@@ -210,4 +211,4 @@ def _sid_of(bdf: str) -> int:
     """Source-id of Linux's "[0000:00:08.0]" (or "[00:08.0]")."""
     bus, dev_fn = bdf.split(":")[-2:]
     dev, fn = dev_fn.split(".")
-    return int(bus, 16) << 8 | int(dev, 16) << 3 | int(fn, 16)
+    return sid_of(int(bus, 16), int(dev, 16) << 3 | int(fn, 16))
